@@ -21,6 +21,7 @@ ROWS = ("student", "sft", "kd", "ddpo", "dadpo")  # rows of the paper's tables (
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl")
 SUITES = ("in_domain", "mt_bench", "vicuna80", "alpaca_eval", "arena_hard")
 JUDGES = ("reference", "local", "pairrm", "api")
+SCALES = ("smoke", "default", "gpu", "paper", "custom")
 
 
 class ConfigError(ValueError):
@@ -111,6 +112,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     lora: bool = False
     lora_r: int = 16
+    gradient_checkpointing: bool = False
     save_every: int = 0  # steps between checkpoints; 0 = only at the end
     logit_chunk: int = 1024  # tokens per chunk for per-token log-probs
 
@@ -198,8 +200,7 @@ class ExperimentConfig:
 
     def validate(self) -> "ExperimentConfig":
         _check(self.setting in ("table1", "table2"), "setting", "must be table1 or table2")
-        _check(self.scale in ("smoke", "default", "paper", "custom"), "scale",
-               "must be smoke, default, paper or custom")
+        _check(self.scale in SCALES, "scale", f"must be one of {', '.join(SCALES)}")
         for m in self.methods:
             _check(m in ROWS, "methods", f"unknown method {m!r} (known: {', '.join(ROWS)})")
         for m in self.extensions:
@@ -228,6 +229,11 @@ def _coerce(value, tp, key: str):
     elif tp is int:
         _check(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer, got {value!r}")
     elif tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-5" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         _check(isinstance(value, (int, float)) and not isinstance(value, bool), key,
                f"must be a number, got {value!r}")
         return float(value)

@@ -1,0 +1,91 @@
+"""Chat formatting, the tokenizer check, and the generation cache."""
+import pytest
+import torch
+
+from dadpo.chat import TokenizerMismatch, check_tokenizers, encode_example, encode_prompt, end_of_turn_ids, prompt_text
+from dadpo.generation import Sampling, cache_file, generate
+from dadpo.testing import tiny_tokenizer
+
+
+def test_prompt_uses_chat_template(tok):
+    text = prompt_text(tok, "Hi there")
+    assert text == "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_encode_example_masks_prompt_and_ends_with_end_of_turn(tok):
+    ex = encode_example(tok, "Hi there", "Hello!", max_len=512, max_prompt_tokens=256)
+    ids, mask = ex["input_ids"], ex["response_mask"]
+    assert len(ids) == len(mask)
+    n_prompt = mask.index(1)
+    assert ids[:n_prompt] == encode_prompt(tok, "Hi there", 256)
+    response = tok.decode([i for i, m in zip(ids, mask) if m])
+    assert response.startswith("Hello!<|im_end|>")
+    assert tok.convert_tokens_to_ids("<|im_end|>") in ids[n_prompt:]
+
+
+def test_encode_example_truncates_to_max_len(tok):
+    ex = encode_example(tok, "Hi", "word " * 200, max_len=40, max_prompt_tokens=256)
+    assert len(ex["input_ids"]) == 40 and sum(ex["response_mask"]) > 0
+
+
+def test_long_prompt_truncated_with_warning(tok):
+    with pytest.warns(UserWarning, match="truncated"):
+        ids = encode_prompt(tok, "many words " * 100, 16)
+    assert len(ids) == 16
+    assert tok.decode(ids).endswith("<|im_start|>assistant\n")  # the assistant header survives
+
+
+def test_end_of_turn_ids(tok):
+    assert tok.convert_tokens_to_ids("<|im_end|>") in end_of_turn_ids(tok)
+
+
+def test_tokenizer_check_accepts_identical(tok):
+    rep = check_tokenizers(tok, tiny_tokenizer(), 320, 320)
+    assert rep["vocab"] == len(tok) and not rep["padded"]
+
+
+def test_tokenizer_check_rejects_other_vocabulary(tok):
+    other = tiny_tokenizer(vocab_size=300)
+    with pytest.raises(TokenizerMismatch, match="vocabularies differ"):
+        check_tokenizers(tok, other)
+
+
+def test_tokenizer_check_padded_rows_need_opt_in(tok):
+    with pytest.raises(TokenizerMismatch, match="allow_padded_vocab"):
+        check_tokenizers(tok, tok, 320, 384)
+    assert check_tokenizers(tok, tok, 320, 384, allow_padded_vocab=True)["padded"]
+    with pytest.raises(TokenizerMismatch, match="fewer embedding rows"):
+        check_tokenizers(tok, tok, 300, 384, allow_padded_vocab=True)
+
+
+def test_generation_cache_hits_second_time(tok, tiny_model, monkeypatch):
+    prompts = ["Hello", "What is the capital of France?", "Write a poem", "Hello"]
+    s = Sampling(temperature=0.7, max_new_tokens=6, seed=3)
+    a, st = generate(tiny_model, tok, prompts, s, "fp-a", batch_size=2)
+    assert st["cached"] == 0 and st["new_tokens"] > 0 and len(a) == 4 and a[0] == a[3]
+    calls = []
+    monkeypatch.setattr(tiny_model, "generate", lambda *x, **k: calls.append(1))
+    b, st2 = generate(tiny_model, tok, prompts, s, "fp-a", batch_size=2)
+    assert b == a and st2["cached"] == 4 and not calls
+    # any change of model or settings is a different cache entry
+    assert cache_file("fp-b", tok, s) != cache_file("fp-a", tok, s)
+    assert cache_file("fp-a", tok, Sampling(temperature=0.7, max_new_tokens=6, seed=4)) != cache_file("fp-a", tok, s)
+
+
+def test_generation_is_seeded_and_batch_independent_when_greedy(tok, tiny_model):
+    prompts = ["Hello", "Explain the theory of relativity", "List three ways"]
+    s = Sampling(temperature=0.0, max_new_tokens=5)
+    a, _ = generate(tiny_model, tok, prompts, s, "fp-1", batch_size=3)
+    b, _ = generate(tiny_model, tok, prompts, s, "fp-2", batch_size=1)
+    assert a == b  # left padding does not change greedy answers
+
+
+def test_generation_stops_at_end_of_turn(tok, tiny_model):
+    eot = tok.convert_tokens_to_ids("<|im_end|>")
+    # make the model always emit end-of-turn: zero head weights, a bias on that token
+    tiny_model.lm_head.weight = torch.nn.Parameter(torch.zeros_like(tiny_model.lm_head.weight))
+    tiny_model.lm_head.bias = torch.nn.Parameter(torch.zeros(len(tok)))
+    with torch.no_grad():
+        tiny_model.lm_head.bias[eot] = 10.0
+    a, st = generate(tiny_model, tok, ["Hello"], Sampling(temperature=0.0, max_new_tokens=8), "fp-eot")
+    assert a == [""] and st["new_tokens"] == 1

@@ -1,0 +1,75 @@
+"""Config validation and the atomic, checksummed cache."""
+import json
+
+import pytest
+
+from dadpo.cache import atomic_dir, atomic_path, read_json, safe_join, write_json
+from dadpo.config import CONFIG_DIR, ConfigError, load_config
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_configs_load(path):
+    cfg = load_config(path)
+    assert cfg.setting in path.stem and cfg.scale in path.stem
+
+
+@pytest.mark.parametrize("override,msg", [
+    ("objective.beta=-0.1", "objective.beta: must be"),
+    ("objective.beta1=-1", "objective.beta1: must be >= 0"),
+    ("objective.top_k=0", "objective.top_k: must be >= 1"),
+    ("train.lr=fast", "train.lr: must be a number"),
+    ("train.nope=1", "train.nope: unknown key"),
+    ("models.prune.target_share=1.5", "models.prune.target_share"),
+    ("eval.judges=[oracle]", "unknown judge 'oracle'"),
+    ("methods=[sft,magic]", "unknown method 'magic'"),
+    ("data.n_train=0", "data.n_train: must be >= 1"),
+    ("objective.divergence=l2", "objective.divergence"),
+])
+def test_invalid_values_are_one_line_errors(tmp_path, override, msg):
+    p = tmp_path / "c.yaml"
+    p.write_text("setting: table1\nscale: smoke\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p, [override])
+    assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+def test_overrides_apply(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("setting: table2\ntrain:\n  lr: 1.0e-5\n")
+    cfg = load_config(p, ["train.lr=3e-6", "objective.beta2=0"])
+    assert cfg.train.lr == 3e-6 and cfg.objective.beta2 == 0.0 and cfg.setting == "table2"
+    assert cfg.fingerprint() != load_config(p).fingerprint()
+
+
+def test_checksummed_json_detects_corruption(tmp_path):
+    p = tmp_path / "e.json"
+    write_json(p, {"a": [1, 2, 3]})
+    assert read_json(p) == {"a": [1, 2, 3]}
+    raw = json.loads(p.read_text())
+    raw["payload"]["a"][0] = 9
+    p.write_text(json.dumps(raw))
+    with pytest.warns(UserWarning, match="corrupted"):
+        assert read_json(p) is None
+    p.write_text("{not json")
+    with pytest.warns(UserWarning, match="corrupted"):
+        assert read_json(p) is None
+
+
+def test_atomic_writes_leave_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.txt"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    folder = tmp_path / "model"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(folder) as tmp:
+            (tmp / "w").write_text("half")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_safe_join_stays_inside(tmp_path):
+    for name in ["../../etc/passwd", "/abs/path", "..", "a/../../b", "org/model"]:
+        p = safe_join(tmp_path, name)
+        assert tmp_path.resolve() in p.parents
