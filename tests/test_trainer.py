@@ -1,0 +1,105 @@
+"""The shared trainer: every method runs, resume is exact, accumulation is exact, caches agree."""
+import copy
+import json
+
+import pytest
+import torch
+
+from dadpo.config import ObjectiveConfig, TrainConfig
+from dadpo.examples import attach_sequence_scores, attach_teacher_topk, encode_rows
+from dadpo.testing import tiny_llama
+from dadpo.trainer import Trainer
+
+ROWS = [
+    {"id": f"r{i}", "prompt": p, "chosen": c, "rejected": r}
+    for i, (p, c, r) in enumerate([
+        ("Hello", "Hello, how are you today?", "hi"),
+        ("Capital of France?", "Paris is the capital.", "London"),
+        ("Write a poem", "The sea and the sky.", "no"),
+        ("Improve sleep?", "Routine, darkness, less caffeine.", "coffee"),
+        ("Add numbers", "def add(a, b): return a + b", "a+b"),
+        ("Relativity", "Explain the theory in simple terms.", "hard"),
+        ("Fox", "The quick brown fox jumps.", "dog"),
+        ("Digits", "0123456789", "9"),
+    ])
+]
+
+
+@pytest.fixture()
+def examples(tok):
+    ex = encode_rows(tok, ROWS, max_len=64, max_prompt_tokens=32)
+    ref, teacher = tiny_llama(tok, seed=5), tiny_llama(tok, seed=7, layers=2)
+    attach_sequence_scores(ex, ref, "ref", tok.pad_token_id, "ref")
+    attach_sequence_scores(ex, teacher, "te", tok.pad_token_id, "te")
+    attach_teacher_topk(ex, teacher, "te", tok.pad_token_id, k=16, answers=("chosen", "rejected"))
+    return ex
+
+
+def _train(tok, examples, method, tmp, seed=0, max_steps=None, obj=None, **cfg):
+    tcfg = TrainConfig(**{"per_device_batch": 4, "global_batch": 4, "lr": 1e-3, "sft_lr": 1e-3, "epochs": 2, "sft_epochs": 2,
+                          "warmup_ratio": 0.0, **cfg})
+    model = tiny_llama(tok, seed=11)
+    tr = Trainer(model, tok, method, tcfg, obj or ObjectiveConfig(), tmp, seed=seed)
+    res = tr.train(examples, max_steps=max_steps)
+    losses = [json.loads(l)["loss"] for l in open(res.log_file)]
+    return res, losses, tr.model
+
+
+@pytest.mark.parametrize("method", ["sft", "kd", "ddpo", "dadpo", "dadpo_token"])
+def test_each_method_trains_and_saves(tok, examples, tmp_path, method):
+    res, losses, _ = _train(tok, examples, method, tmp_path)
+    assert res.steps == 4 and len(losses) == 4 and all(l == l for l in losses)
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+    rec = json.loads(open(res.log_file).readline())
+    if method in ("ddpo", "dadpo"):
+        assert {"rewards/margins", "rewards/accuracy"} <= set(rec)
+    if method == "dadpo":
+        assert any("teacher" in k for k in rec), rec
+
+
+def test_dadpo_with_beta2_zero_trains_like_ddpo(tok, examples, tmp_path):
+    _, a, _ = _train(tok, examples, "ddpo", tmp_path / "a", obj=ObjectiveConfig(beta=0.2))
+    _, b, _ = _train(tok, examples, "dadpo", tmp_path / "b", obj=ObjectiveConfig(beta1=0.2, beta2=0.0))
+    assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("method", ["sft", "dadpo"])
+def test_resume_gives_the_same_next_losses(tok, examples, tmp_path, method):
+    _, full, m_full = _train(tok, examples, method, tmp_path / "full")
+    res, first, _ = _train(tok, examples, method, tmp_path / "cut", max_steps=2)
+    assert res.model_dir == "" and (tmp_path / "cut" / "checkpoint").is_dir()
+    _, resumed, m_res = _train(tok, examples, method, tmp_path / "cut")
+    assert first == pytest.approx(full[:2], rel=1e-6)
+    assert resumed == pytest.approx(full, rel=1e-5, abs=1e-6)  # the log holds all 4 steps again
+    for p, q in zip(m_full.parameters(), m_res.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["sft", "kd", "ddpo", "dadpo"])
+def test_accumulation_equals_one_big_batch(tok, examples, tmp_path, method):
+    """batch 1 x accumulation 4 == batch 4 x accumulation 1 (fp32, tolerance 1e-5 relative)."""
+    _, la, ma = _train(tok, examples, method, tmp_path / "a", per_device_batch=4, global_batch=4, epochs=0.5, sft_epochs=0.5)
+    _, lb, mb = _train(tok, examples, method, tmp_path / "b", per_device_batch=1, global_batch=4, epochs=0.5, sft_epochs=0.5)
+    assert la == pytest.approx(lb, rel=1e-5)
+    for p, q in zip(ma.parameters(), mb.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+
+
+def test_global_batch_must_divide(tok, examples, tmp_path):
+    with pytest.raises(ValueError, match="not a multiple"):
+        _train(tok, examples, "sft", tmp_path, per_device_batch=3, global_batch=4)
+
+
+def test_kd_topk_cache_matches_online_teacher(tok, examples, tmp_path):
+    """With k = V the cached top-k + tail KD equals the online full-vocabulary KD, up to the
+    float16 storage of cached log-probs (about 3 significant digits)."""
+    teacher = tiny_llama(tok, seed=7, layers=2)
+    ex = copy.deepcopy(examples)
+    attach_teacher_topk(ex, teacher, "te-full", tok.pad_token_id, k=len(tok))
+    tcfg = TrainConfig(per_device_batch=4, global_batch=4, lr=1e-3, epochs=1, warmup_ratio=0.0)
+    cached = Trainer(tiny_llama(tok, seed=11), tok, "kd", tcfg, ObjectiveConfig(), tmp_path / "c")
+    online = Trainer(tiny_llama(tok, seed=11), tok, "kd", tcfg, ObjectiveConfig(), tmp_path / "o",
+                     online_teacher=teacher)
+    a, _, _ = cached.loss_sum(ex[:4])
+    b, _, _ = online.loss_sum(ex[:4])
+    torch.testing.assert_close(a, b, rtol=3e-3, atol=1e-5)
