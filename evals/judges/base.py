@@ -1,0 +1,269 @@
+"""The judge interface: items in, verdicts out, with a persistent verdict cache.
+
+A judge compares two answers to one prompt and says "A", "B" or "tie", or fails with a reason;
+there is no silent default verdict. Every judge carries an `identity` (name, model, template hash,
+decoding settings, code version) that is recorded beside every number it produces and is part of
+every cache key, so changing any of them can never reuse an old verdict.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+OUTCOMES = ("A", "B", "tie")
+
+
+class JudgeError(RuntimeError):
+    """A judge that cannot be built or run at all (missing model, missing key); one-line message."""
+
+
+@dataclass(frozen=True)
+class JudgeItem:
+    prompt: str
+    answer_a: str
+    answer_b: str
+    reference: str | None = None
+
+    def swapped(self) -> "JudgeItem":
+        return JudgeItem(self.prompt, self.answer_b, self.answer_a, self.reference)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """`outcome` is "A", "B" or "tie"; None means the judge failed, and `reason` says why."""
+    outcome: str | None
+    reason: str | None = None
+    details: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.outcome is None and not self.reason:
+            raise ValueError("a failed verdict needs a reason")
+        if self.outcome is not None and self.outcome not in OUTCOMES:
+            raise ValueError(f"verdict must be one of {OUTCOMES}, got {self.outcome!r}")
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome is None
+
+    @classmethod
+    def fail(cls, reason: str, **details) -> "Verdict":
+        return cls(None, reason, details)
+
+    def to_dict(self) -> dict:
+        return {"verdict": self.outcome, "failure": self.reason, "details": self.details}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Verdict":
+        return cls(d["verdict"], d.get("failure"), d.get("details") or {})
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def identity_hash(identity: dict, n: int = 12) -> str:
+    return sha256_text(json.dumps(identity, sort_keys=True))[:n]
+
+
+def item_key(identity: dict, item: JudgeItem) -> str:
+    """Cache key: the full judge identity and the full, ordered inputs (A and B stay in place)."""
+    blob = json.dumps({"judge": identity, "prompt": item.prompt, "a": item.answer_a, "b": item.answer_b,
+                       "reference": item.reference}, sort_keys=True, ensure_ascii=False)
+    return sha256_text(blob)
+
+
+class VerdictCache:
+    """Successful verdicts in SQLite, keyed by `item_key`. Used from one thread only."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), timeout=60)
+        self._db.execute("CREATE TABLE IF NOT EXISTS verdicts (key TEXT PRIMARY KEY, judge TEXT NOT NULL,"
+                         " verdict TEXT NOT NULL, created REAL NOT NULL)")
+        self._db.commit()
+
+    def get(self, key: str) -> Verdict | None:
+        row = self._db.execute("SELECT verdict FROM verdicts WHERE key = ?", (key,)).fetchone()
+        return Verdict.from_dict(json.loads(row[0])) if row else None
+
+    def put(self, key: str, identity: dict, verdict: Verdict) -> None:
+        if verdict.failed:  # failures are retried on the next run, never remembered
+            return
+        self._db.execute("INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?)",
+                         (key, json.dumps(identity, sort_keys=True), json.dumps(verdict.to_dict()), time.time()))
+        self._db.commit()
+
+    def __len__(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class Judge:
+    """Subclasses set `name` and `proxy`, build `identity`, and implement `_judge_iter`."""
+
+    name = "judge"
+    proxy = True  # offline judges are proxies of the paper's judge; say so beside their numbers
+    version = 1
+
+    def __init__(self, cache: VerdictCache | None = None):
+        self.cache = cache
+        self.stats = {"items": 0, "cache_hits": 0, "judged": 0, "failed": 0, "seconds": 0.0}
+
+    @property
+    def identity(self) -> dict:
+        raise NotImplementedError
+
+    def _judge_iter(self, items: list[JudgeItem]) -> Iterator[tuple[int, Verdict]]:
+        """Yield (index into items, verdict) for every item, in any order, as results arrive."""
+        raise NotImplementedError
+
+    def judge(self, items: Iterable[JudgeItem]) -> list[Verdict]:
+        items = list(items)
+        ident = self.identity
+        keys = [item_key(ident, it) for it in items]
+        out: list[Verdict | None] = [None] * len(items)
+        todo: dict[str, list[int]] = {}  # identical items are judged once
+        for i, k in enumerate(keys):
+            hit = self.cache.get(k) if self.cache is not None else None
+            if hit is not None:
+                out[i] = Verdict(hit.outcome, hit.reason, {**hit.details, "cached": True})
+                self.stats["cache_hits"] += 1
+            else:
+                todo.setdefault(k, []).append(i)
+        uniq = list(todo)
+        t0 = time.perf_counter()
+        seen = set()
+        for j, verdict in self._judge_iter([items[todo[k][0]] for k in uniq]):
+            if not isinstance(verdict, Verdict) or j in seen:
+                raise RuntimeError(f"{self.name}: judge returned a bad or duplicate result for item {j}")
+            seen.add(j)
+            if self.cache is not None:
+                self.cache.put(uniq[j], ident, verdict)  # as results arrive: a crash keeps finished work
+            for i in todo[uniq[j]]:
+                out[i] = verdict
+            self.stats["failed" if verdict.failed else "judged"] += 1
+        self.stats["seconds"] += time.perf_counter() - t0
+        self.stats["items"] += len(items)
+        missing = [i for i, v in enumerate(out) if v is None]
+        if missing:
+            raise RuntimeError(f"{self.name}: no verdict for {len(missing)} item(s)")
+        return out  # type: ignore[return-value]
+
+    def close(self) -> None:
+        pass
+
+
+# ---- the pairwise prompt shared by the API and local judges (MT-Bench style, with a tie option) ----
+
+SYSTEM_PROMPT = (
+    "Please act as an impartial judge and evaluate the quality of the responses provided by two AI "
+    "assistants to the user question displayed below. Choose the assistant that follows the user's "
+    "instructions and answers the user's question better, considering helpfulness, relevance, accuracy, "
+    "depth, creativity and level of detail. Avoid any position bias: the order in which the responses "
+    "are presented must not influence your decision. Do not let the length of the responses or the names "
+    "of the assistants influence you. Be as objective as possible. Give a short explanation, then output "
+    "your final verdict strictly in this format: \"[[A]]\" if assistant A is better, \"[[B]]\" if "
+    "assistant B is better, and \"[[C]]\" for a tie."
+)
+SYSTEM_PROMPT_REF = (
+    "Please act as an impartial judge and evaluate the quality of the responses provided by two AI "
+    "assistants to the user question displayed below. You are also given a reference answer. Judge "
+    "correctness and helpfulness: compare both answers with the reference answer and note their "
+    "mistakes. Avoid any position bias: the order in which the responses are presented must not "
+    "influence your decision. Do not let the length of the responses or the names of the assistants "
+    "influence you. Be as objective as possible. Give a short explanation, then output your final "
+    "verdict strictly in this format: \"[[A]]\" if assistant A is better, \"[[B]]\" if assistant B is "
+    "better, and \"[[C]]\" for a tie."
+)
+USER_TEMPLATE = (
+    "[User Question]\n{prompt}\n\n"
+    "[The Start of Assistant A's Answer]\n{answer_a}\n[The End of Assistant A's Answer]\n\n"
+    "[The Start of Assistant B's Answer]\n{answer_b}\n[The End of Assistant B's Answer]"
+)
+USER_TEMPLATE_REF = (
+    "[User Question]\n{prompt}\n\n"
+    "[The Start of Reference Answer]\n{reference}\n[The End of Reference Answer]\n\n"
+    "[The Start of Assistant A's Answer]\n{answer_a}\n[The End of Assistant A's Answer]\n\n"
+    "[The Start of Assistant B's Answer]\n{answer_b}\n[The End of Assistant B's Answer]"
+)
+VERDICT_LABELS = {"A": "A", "B": "B", "C": "tie"}
+_FIELD = re.compile(r"\{(prompt|reference|answer_a|answer_b)\}")
+
+
+def pairwise_messages(item: JudgeItem, use_reference: bool = True) -> list[dict]:
+    """Chat messages of the pairwise prompt; the reference variant is used when the item has one."""
+    ref = use_reference and item.reference is not None
+    values = {"prompt": item.prompt, "reference": item.reference or "", "answer_a": item.answer_a,
+              "answer_b": item.answer_b}
+    # One pass over the template only: answers may contain braces or even "{answer_b}".
+    user = _FIELD.sub(lambda m: values[m.group(1)], USER_TEMPLATE_REF if ref else USER_TEMPLATE)
+    return [{"role": "system", "content": SYSTEM_PROMPT_REF if ref else SYSTEM_PROMPT},
+            {"role": "user", "content": user}]
+
+
+def template_hash(use_reference: bool = True) -> str:
+    parts = [SYSTEM_PROMPT, USER_TEMPLATE] + ([SYSTEM_PROMPT_REF, USER_TEMPLATE_REF] if use_reference else [])
+    return sha256_text("\x00".join(parts))[:12]
+
+
+# ---- models: spec resolution and content fingerprints (for identities) ----
+
+def resolve_model(spec: str) -> str:
+    """"offline:NAME" -> a local folder (dadpo.assets); a folder or hub id is returned as is."""
+    if spec.startswith("offline:"):
+        try:
+            from dadpo.assets import resolve_model as resolve_asset
+        except ImportError:
+            raise JudgeError(f"cannot resolve {spec!r}: dadpo.assets is not available") from None
+        return str(resolve_asset(spec))
+    return spec
+
+
+_FP_MEMO: dict = {}
+_FP_LOCK = threading.Lock()
+
+
+def model_fingerprint(path: str) -> str:
+    """sha256 over a folder's weight, config and tokenizer files; "hub:<id>" for a hub id."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return f"hub:{path}"
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in
+                   (".safetensors", ".bin", ".json", ".model", ".txt") and not p.name.startswith("."))
+    stat = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    with _FP_LOCK:
+        if stat in _FP_MEMO:
+            return _FP_MEMO[stat]
+    h = hashlib.sha256()
+    for p in files:
+        h.update(str(p.relative_to(folder)).encode())
+        with open(p, "rb") as f:
+            while block := f.read(1 << 22):
+                h.update(block)
+    digest = h.hexdigest()[:24]
+    with _FP_LOCK:
+        _FP_MEMO[stat] = digest
+    return digest
+
+
+def pick_device(device: str | None) -> str:
+    import torch
+
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
