@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("openai")
 
 from evals.judges import JudgeError, JudgeItem, VerdictCache  # noqa: E402
-from evals.judges.api import ApiJudge, Backoff, parse_verdict, price_of  # noqa: E402
+from evals.judges.api import ApiJudge, Backoff, parse_verdict, price_of, public_url  # noqa: E402
 from evals.protocol import Pair, compare  # noqa: E402
 
 KEY = "sk-test-SECRET-0123456789abcdef"
@@ -130,6 +130,7 @@ def test_parse_verdict_and_prices():
     assert price_of("gpt-4o-mini-2024-07-18") == (0.15, 0.60)
     assert price_of("gpt-4o") == (2.50, 10.00)
     assert price_of("my-local-llama") is None
+    assert public_url("https://user:pw@host:8000/v1?api-key=x") == "https://host:8000/v1"
 
 
 def test_backoff_is_exponential_seeded_and_jittered():

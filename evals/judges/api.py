@@ -42,6 +42,14 @@ def price_of(model: str) -> tuple[float, float] | None:
     return None
 
 
+def public_url(url: str) -> str:
+    """The endpoint as recorded: no user:password@ and no query string (either may carry a secret)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    p = urlsplit(url)
+    return urlunsplit((p.scheme, p.netloc.rsplit("@", 1)[-1], p.path, "", ""))
+
+
 def parse_verdict(text: str) -> str | None:
     found = VERDICT_RE.findall(text or "")
     return VERDICT_LABELS[found[-1]] if found else None
@@ -99,7 +107,7 @@ class ApiJudge(Judge):
 
     @property
     def identity(self) -> dict:
-        return {"name": self.name, "model": self.model, "endpoint": self.base_url or "openai-default",
+        return {"name": self.name, "model": self.model, "endpoint": public_url(self.base_url) or "openai-default",
                 "template": template_hash(self.use_reference), "use_reference": self.use_reference,
                 "decoding": {"temperature": self.temperature, "max_tokens": self.max_tokens},
                 "parser": VERDICT_RE.pattern, "version": self.version}

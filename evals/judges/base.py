@@ -11,7 +11,6 @@ import hashlib
 import json
 import re
 import sqlite3
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,35 +224,19 @@ def resolve_model(spec: str) -> str:
             from dadpo.assets import resolve_model as resolve_asset
         except ImportError:
             raise JudgeError(f"cannot resolve {spec!r}: dadpo.assets is not available") from None
-        return str(resolve_asset(spec))
+        try:
+            return str(resolve_asset(spec))
+        except Exception as e:  # noqa: BLE001 - fetch / checksum problems: one line, not a traceback
+            raise JudgeError(f"cannot resolve {spec!r}: {first_line(e)}") from None
     return spec
 
 
-_FP_MEMO: dict = {}
-_FP_LOCK = threading.Lock()
+def model_fingerprint(path: str, revision: str | None = None) -> str:
+    """Content hash of a model folder (dadpo.modeling's, memoised on disk); "hub:<id>[@commit]" for a hub id."""
+    from dadpo.modeling import fingerprint
 
-
-def model_fingerprint(path: str) -> str:
-    """sha256 over a folder's weight, config and tokenizer files; "hub:<id>" for a hub id."""
-    folder = Path(path)
-    if not folder.is_dir():
-        return f"hub:{path}"
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in
-                   (".safetensors", ".bin", ".json", ".model", ".txt") and not p.name.startswith("."))
-    stat = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
-    with _FP_LOCK:
-        if stat in _FP_MEMO:
-            return _FP_MEMO[stat]
-    h = hashlib.sha256()
-    for p in files:
-        h.update(str(p.relative_to(folder)).encode())
-        with open(p, "rb") as f:
-            while block := f.read(1 << 22):
-                h.update(block)
-    digest = h.hexdigest()[:24]
-    with _FP_LOCK:
-        _FP_MEMO[stat] = digest
-    return digest
+    fp = fingerprint(path)
+    return f"{fp}@{revision}" if fp.startswith("hub:") and revision else fp
 
 
 def pick_device(device: str | None) -> str:

@@ -46,7 +46,7 @@ class LocalJudge(Judge):
             raise JudgeError(f"local judge: {model!r} has no chat template")
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
             else self.tokenizer.eos_token_id
-        self.fingerprint = model_fingerprint(path)
+        self.fingerprint = model_fingerprint(path, getattr(self.model.config, "_commit_hash", None))
         self.batch_size, self.max_input_tokens, self.min_mass = batch_size, max_input_tokens, min_mass
         self.use_reference = use_reference
         self.label_ids = self._label_ids()

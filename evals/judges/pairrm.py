@@ -69,7 +69,7 @@ class PairRMJudge(Judge):
         ids = self.tokenizer.convert_tokens_to_ids([SOURCE_PREFIX, CAND1_PREFIX, CAND2_PREFIX])
         if ids != [cfg.source_prefix_id, cfg.cand1_prefix_id, cfg.cand2_prefix_id]:
             raise JudgeError(f"pairrm: tokenizer and model of {self.model_id!r} disagree on the prefix tokens")
-        self.fingerprint = model_fingerprint(path)
+        self.fingerprint = model_fingerprint(path, getattr(self.model.config, "_commit_hash", None))
         self.source_max_length, self.candidate_max_length = source_max_length, candidate_max_length
         self.batch_size, self.tie_margin = batch_size, tie_margin
 

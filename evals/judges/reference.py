@@ -33,7 +33,7 @@ class ReferenceJudge(Judge):
             self.model = AutoModel.from_pretrained(path).to(self.device).eval()
         except Exception as e:  # noqa: BLE001
             raise JudgeError(f"reference judge: cannot load {embedder!r}: {first_line(e)}") from None
-        self.fingerprint = model_fingerprint(path)
+        self.fingerprint = model_fingerprint(path, getattr(self.model.config, "_commit_hash", None))
         self.tie_margin, self.max_seq_length, self.batch_size = tie_margin, max_seq_length, batch_size
 
     @property
@@ -49,7 +49,7 @@ class ReferenceJudge(Judge):
         vecs, cut = [], []
         for s in range(0, len(texts), self.batch_size):
             chunk = texts[s:s + self.batch_size]
-            full = self.tokenizer(chunk, truncation=False)["input_ids"]
+            full = self.tokenizer(chunk, truncation=False, verbose=False)["input_ids"]
             cut += [len(ids) > self.max_seq_length for ids in full]
             enc = self.tokenizer(chunk, padding=True, truncation=True, max_length=self.max_seq_length,
                                  return_tensors="pt").to(self.device)
