@@ -69,7 +69,7 @@ def teacher_topk(model, encoded: list[dict], pad_id: int, model_fp: str, k: int,
         logits, _, ex = scorer(b["input_ids"], b["attention_mask"], b["response_mask"], want_logits=True)
         if vocab is not None:
             logits = logits[:, :vocab]
-        lp, ids, tail = topk_with_tail(logits.float(), k, temperature)
+        lp, ids, tail = topk_with_tail(logits, k, temperature)
         for j, i in enumerate(idx):
             rows = ex == j
             per_example[i] = (lp[rows].half().cpu(), ids[rows].int().cpu(), tail[rows].float().cpu())

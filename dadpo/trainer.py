@@ -150,7 +150,7 @@ class Trainer:
             t_logits, _, _ = self.teacher(b["input_ids"], b["attention_mask"], b["response_mask"], want_logits=True)
         v = min(t_logits.shape[-1], logits.shape[-1], len(self.tokenizer))  # padded rows cut
         return kd_loss(logits[None, :, :v], mask, o.divergence, o.kd_temperature, o.jsd_lambda, o.skew_alpha,
-                       teacher_logits=t_logits[None, :, :v].float())
+                       teacher_logits=t_logits[None, :, :v])
 
     def loss_sum(self, exs: list[dict]):
         """(sum of the loss over this micro-batch's units, metrics, tokens seen)."""
