@@ -218,8 +218,13 @@ def run(args) -> list[dict]:
     cache = None if args.no_cache else VerdictCache(args.cache or cache_root() / "judges" / "verdicts.sqlite")
     built = [make_judge(j, cfg, cache=cache, **_judge_kwargs(j, args)) for j in judges]  # all, before any work
     out_root = Path(args.out) / args.suite
-    all_rows = []
-    for judge in built:
+    options = {k: v for k, v in vars(args).items() if v is not None}
+    if options.get("api_base_url"):
+        from evals.judges.api import public_url
+
+        options["api_base_url"] = public_url(options["api_base_url"])
+    results = []
+    for judge in built:  # judge everything first: a failure halfway writes nothing at all
         ident = judge.identity
         everything = [p for name in pairs for p in pairs[name]]
         t0 = time.perf_counter()
@@ -231,20 +236,20 @@ def run(args) -> list[dict]:
             k += len(ps)
             records += [comparison_record(args.suite, name, t_name, ident, judge.proxy, p, c) for p, c in zip(ps, cs)]
             rows.append(summary_row(args.suite, name, t_name, ident, judge.proxy, ps, cs, n_boot, seed))
-        folder = out_root / judge.name
         run_info = {"suite": args.suite, "judge_identity": ident, "teacher": str(t_path),
                     "students": {n: str(p) for n, p in students}, "comparisons": len(everything),
-                    "seconds": round(seconds, 3), "comparisons_per_s": round(len(everything) / seconds, 3)
-                    if seconds > 0 else None, "judge_stats": judge.stats,
-                    "position": position_stats(comps), "argv": sys.argv[1:]}
+                    "seconds": round(seconds, 3),
+                    "comparisons_per_s": round(len(everything) / seconds, 3) if seconds > 0 else None,
+                    "judge_stats": judge.stats, "position": position_stats(comps), "options": options}
         if hasattr(judge, "usage"):
             run_info["api_usage"] = {**judge.usage, "cost_usd": judge.cost()}
+        results.append((out_root / judge.name, records, rows, run_info))
+        judge.close()
+    for folder, records, rows, run_info in results:
         write_jsonl(folder / "records.jsonl", records)
         atomic_write_text(folder / "run.json", json.dumps(run_info, indent=2, sort_keys=True, default=str))
         write_csv(folder / "summary.csv", rows)  # last: a summary exists only beside its records
-        all_rows += rows
-        judge.close()
-    return all_rows
+    return [r for _, _, rows, _ in results for r in rows]
 
 
 def main(argv=None) -> int:

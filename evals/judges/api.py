@@ -7,6 +7,7 @@ part of the identity, the cache, the records, or any message (failure reasons ar
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -126,7 +127,8 @@ class ApiJudge(Judge):
     def _retryable(self, exc: Exception) -> bool:
         o = self._openai
         # A garbled body (JSONDecodeError) is treated like a transient server fault.
-        if isinstance(exc, (o.APITimeoutError, o.APIConnectionError, o.APIResponseValidationError, ValueError)):
+        if isinstance(exc, (o.APITimeoutError, o.APIConnectionError, o.APIResponseValidationError,
+                            json.JSONDecodeError)):
             return True
         if isinstance(exc, o.APIStatusError):
             return exc.status_code in RETRY_STATUS
@@ -147,8 +149,8 @@ class ApiJudge(Judge):
                     model=self.model, messages=messages, temperature=self.temperature, max_tokens=self.max_tokens)
             except Exception as exc:  # noqa: BLE001 - every failure becomes a reasoned verdict
                 status = getattr(exc, "status_code", None)
-                last = f"{type(exc).__name__}" + (f" (HTTP {status})" if status else "") + \
-                       f": {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+                msg = (str(exc).strip().splitlines() or [""])[0][:200]
+                last = f"{type(exc).__name__}{f' (HTTP {status})' if status else ''}: {msg}"
                 if self._retryable(exc):
                     continue
                 return Verdict.fail(self._scrub(last), attempts=attempt + 1)
@@ -162,10 +164,11 @@ class ApiJudge(Judge):
                 for k, v in usage.items():
                     self.usage[k] += v
             verdict = parse_verdict(text)
+            text = self._scrub(text)
             details = {"judgment": text, "usage": usage, "attempts": attempt + 1,
                        "served_model": getattr(resp, "model", None)}
             if verdict is None:
-                return Verdict.fail(self._scrub(f"unparseable verdict: {text[-120:]!r}"), **details)
+                return Verdict.fail(f"unparseable verdict: {text[-120:]!r}", **details)
             return Verdict(verdict, None, details)
         return Verdict.fail(self._scrub(f"gave up after {self.max_attempts} attempts; last error {last}"),
                             attempts=self.max_attempts)

@@ -91,7 +91,12 @@ class VerdictCache:
 
     def get(self, key: str) -> Verdict | None:
         row = self._db.execute("SELECT verdict FROM verdicts WHERE key = ?", (key,)).fetchone()
-        return Verdict.from_dict(json.loads(row[0])) if row else None
+        if row is None:
+            return None
+        try:
+            return Verdict.from_dict(json.loads(row[0]))
+        except (ValueError, KeyError, TypeError):  # a damaged row is judged again, not trusted
+            return None
 
     def put(self, key: str, identity: dict, verdict: Verdict) -> None:
         if verdict.failed:  # failures are retried on the next run, never remembered
