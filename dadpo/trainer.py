@@ -201,7 +201,9 @@ class Trainer:
         total = max(1, math.ceil(epochs * steps_per_epoch))
         sched = get_scheduler("cosine", self.opt, num_warmup_steps=int(cfg.warmup_ratio * total),
                               num_training_steps=total)
-        self.scorer, self.opt, sched = acc.prepare(self.scorer, self.opt, sched)
+        # The scheduler stays outside prepare(): accelerate would step it once per process.
+        self.scorer, self.opt = acc.prepare(self.scorer, self.opt)
+        acc.register_for_checkpointing(sched)
         ckpt = self.out_dir / "checkpoint"
         log_path = self.out_dir / "log.jsonl"
         start = 0
