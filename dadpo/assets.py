@@ -114,7 +114,8 @@ CHAT_STOP_TOKENS = {"smollm2": ("<|im_end|>",), "qwen2.5": ("<|im_end|>", "<|end
 
 
 def assets_root() -> Path:
-    return cache_root() / "assets"
+    """Where fetched assets live: `DADPO_ASSETS`, else `<cache>/assets` (tests share one per session)."""
+    return Path(os.environ["DADPO_ASSETS"]) if os.environ.get("DADPO_ASSETS") else cache_root() / "assets"
 
 
 def _asset(name: str, kinds: tuple[str, ...] | None = None) -> Asset:

@@ -168,7 +168,7 @@ class EvalConfig:
     api_model: str = "gpt-4o-mini"
     api_base_url: str = ""  # empty = the openai default
     api_concurrency: int = 4
-    pairrm: str = "llm-blender/PairRM"
+    pairrm: str = "llm-blender/PairRM-hf"
 
     def validate(self, p: str) -> None:
         for s, n in self.suites.items():
@@ -178,7 +178,7 @@ class EvalConfig:
         for j in self.judges:
             _check(j in JUDGES, f"{p}.judges", f"unknown judge {j!r} (known: {', '.join(JUDGES)})")
         _check(self.max_new_tokens >= 1, f"{p}.max_new_tokens", "must be >= 1")
-        _check(self.bootstrap >= 100, f"{p}.bootstrap", "must be >= 100")
+        _check(self.bootstrap >= 1000, f"{p}.bootstrap", "must be >= 1000")
         _check(self.reference_tie_margin >= 0, f"{p}.reference_tie_margin", "must be >= 0")
         _check(self.api_concurrency >= 1, f"{p}.api_concurrency", "must be >= 1")
 

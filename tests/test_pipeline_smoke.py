@@ -1,0 +1,37 @@
+"""The whole table1 pipeline at the smoke scale on the real SmolLM2 (fetched from its package)."""
+import csv
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _run(args, tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    t0 = time.time()
+    r = subprocess.run([sys.executable, "-m", "reproduce.table1", *args, "--out", str(tmp_path / "results")],
+                       env=env, capture_output=True, text=True, timeout=1500)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout, time.time() - t0
+
+
+def test_table1_smoke_end_to_end_then_cached(tmp_path):
+    out, first = _run(["--scale", "smoke"], tmp_path)
+    path = tmp_path / "results" / "table1_smoke.csv"
+    rows = list(csv.DictReader(open(path)))
+    assert {r["method"] for r in rows} == {"student", "sft", "kd", "ddpo", "dadpo"}
+    assert {r["suite"] for r in rows} == {"in_domain", "mt_bench"}
+    assert all(r["judge"] == "reference" and r["proxy"] == "True" for r in rows)
+    paper = [r for r in rows if r["paper_value"]]
+    assert {(r["method"], r["paper_metric"]) for r in paper} == {("dadpo", "pref_rate"), ("ddpo", "pref_rate")}
+    assert (tmp_path / "results" / "table1_smoke.provenance.json").is_file()
+    assert (tmp_path / "results" / "table1_smoke_training.csv").is_file()
+    before = path.read_bytes()
+    out2, second = _run(["--scale", "smoke"], tmp_path)
+    assert path.read_bytes() == before  # deterministic and fully cached
+    assert "train:" not in out2 and "generate:" not in out2 and "prune" not in out2, out2
+    print(f"smoke: first run {first:.0f}s, cached re-run {second:.0f}s")
