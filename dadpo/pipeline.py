@@ -247,6 +247,7 @@ class Pipeline:
             out = iter(self.answers(path, prompts, greedy, f"{row}/eval"))
             for suite, items in suites.items():
                 answers.setdefault(suite, {})[row] = [next(out) for _ in items]
+        self.eval_answers = {s: {"items": suites[s], **answers[s]} for s in suites}
         cache = VerdictCache(cache_root() / "judges" / "verdicts.sqlite")
         rows, records = [], []
         for jname in ecfg.judges:

@@ -90,6 +90,11 @@ class Trainer:
         if mixed_precision is None:
             mixed_precision = "bf16" if torch.cuda.is_available() else "no"
         self.acc = Accelerator(mixed_precision=mixed_precision, cpu=bool(cpu))
+        if self.acc.distributed_type.name == "DEEPSPEED":
+            # DeepSpeed steps the optimizer inside backward and rescales by its own accumulation,
+            # which would undo the exact global-batch normalisation below.
+            raise ValueError("DeepSpeed is not supported by this trainer; use DDP or FSDP "
+                             "(reproduce/configs/accelerate/ddp.yaml, fsdp.yaml)")
         n = self.acc.num_processes
         per_step = train_cfg.per_device_batch * n
         if train_cfg.global_batch % per_step:

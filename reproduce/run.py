@@ -8,6 +8,7 @@ Outputs (under --out, default results/):
   {setting}_{scale}.provenance.json     git sha, versions, device, seeds, config + hash, judges,
                                         wall time per stage, models, pruning and cache facts
   runs/{setting}_{scale}/records.jsonl  every comparison with both raw verdicts (not committed)
+  runs/{setting}_{scale}/answers/SUITE/MODEL.jsonl  answers, ready for `python -m evals.run`
 """
 from __future__ import annotations
 
@@ -185,6 +186,12 @@ def run(cfg, out: Path) -> int:
     from evals.records import write_jsonl
 
     write_jsonl(run_dir / "records.jsonl", records)
+    for suite, ans in pipe.eval_answers.items():  # answer files in evals.run's format, for other judges
+        for who in ans:
+            if who != "items":
+                write_jsonl(run_dir / "answers" / suite / f"{who}.jsonl",
+                            [{"id": it["id"], "prompt": it["prompt"], "answer": a, "reference": it["reference"],
+                              "suite": suite} for it, a in zip(ans["items"], ans[who])])
     write_csv(out / f"{stem}_training.csv", training_rows(pipe.facts), TRAINING_COLUMNS)
     provenance = {
         "command": sys.argv, "started_utc": started, "wall_seconds": round(time.time() - t0, 1),

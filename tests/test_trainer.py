@@ -103,3 +103,16 @@ def test_kd_topk_cache_matches_online_teacher(tok, examples, tmp_path):
     a, _, _ = cached.loss_sum(ex[:4])
     b, _, _ = online.loss_sum(ex[:4])
     torch.testing.assert_close(a, b, rtol=3e-3, atol=1e-5)
+
+
+def test_lora_trains_and_saves_a_merged_plain_model(tok, examples, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    res, losses, _ = _train(tok, examples, "dadpo", tmp_path, lora=True, lora_r=4)
+    assert len(losses) == 4 and all(l == l for l in losses)
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "model")  # no peft needed to load it
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    base = tiny_llama(tok, seed=11)
+    changed = [n for (n, p), (_, q) in zip(merged.named_parameters(), base.named_parameters())
+               if not torch.allclose(p, q)]
+    assert changed and all("proj" in n for n in changed)  # only the adapted linear layers moved
