@@ -33,6 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 METHODS = ("layers", "width", "layers+width")
+# Measured on SmolLM2-135M-Instruct at a 20% share (held-out ShareGPT response NLL, teacher 1.53):
+# width (MLP channels only) 2.79, layers+width 2.93, layers 2.97, width with heads 3.87.
+DEFAULT_METHOD = "width"
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -352,16 +355,19 @@ def _attn_params(model) -> int:
     return sum(p.numel() for p in attn.parameters()) * len(_layers(model))
 
 
-def prune_to_share(model, calib_ids, target_share: float = 0.2, method: str = "layers+width",
-                   prune_heads_too: bool = True) -> tuple[nn.Module, dict]:
+def prune_to_share(model, calib_ids, target_share: float = 0.2, method: str = DEFAULT_METHOD,
+                   heads: bool = False) -> tuple[nn.Module, dict]:
     """Remove about `target_share` of all parameters (embeddings are kept) in place.
 
     layers:        drop k lowest-influence layers, k giving the share closest to the target.
     layers+width:  drop the most layers that stay at or below the target, then close the gap with
                    MLP channels (same count in every layer).
-    width:         heads at about the per-layer ratio the target needs (LLM-Pruner prunes heads and
+    width:         MLP channels only (same count in every layer). With `heads=True`, first attention
+                   heads at about the per-layer ratio the target needs (LLM-Pruner prunes heads and
                    channels at one ratio; head counts are coarse, so the nearest allowed count, never
-                   past the target), then MLP channels close the gap. `prune_heads_too=False`: MLP only.
+                   past the target), then channels close the gap. Off by default: on SmolLM2 (9 heads
+                   in 3 KV groups) the smallest head cut is a third of the query heads, and it cost
+                   far more NLL than the same parameters taken from MLP channels (3.87 vs 2.79).
     Returns (model, report) with the achieved share.
     """
     if method not in METHODS:
@@ -374,7 +380,7 @@ def prune_to_share(model, calib_ids, target_share: float = 0.2, method: str = "l
     goal = target_share * before
     n_layers = len(_layers(model))
     report = {
-        "method": method, "target_share": target_share, "params_before": before,
+        "method": method, "heads_option": heads, "target_share": target_share, "params_before": before,
         "architecture": type(model).__name__, "score": "residual contribution norm (activation x weight)",
         "layers_before": n_layers, "heads_before": cfg.num_attention_heads,
         "kv_heads_before": cfg.num_key_value_heads, "intermediate_before": cfg.intermediate_size,
@@ -396,7 +402,7 @@ def prune_to_share(model, calib_ids, target_share: float = 0.2, method: str = "l
     gap = goal - (before - count_params(model))
     if method in ("width", "layers+width") and gap > 0:
         imp = width_importance(model, calib_ids)
-        if method == "width" and prune_heads_too:
+        if method == "width" and heads:
             _maybe_prune_heads(model, imp, gap, report)
             gap = goal - (before - count_params(model))
             if report["heads_removed_per_layer"] or report["kv_heads_removed_per_layer"]:
@@ -508,9 +514,9 @@ def report_path(out_dir: str | Path) -> Path:
 
 
 def make_pruned_student(teacher_dir: str, out_dir: str, target_share: float = 0.2,
-                        method: str = "layers+width", calib_prompts: Sequence[str] = (),
+                        method: str = DEFAULT_METHOD, calib_prompts: Sequence[str] = (),
                         heldout: Sequence[tuple[str, str]] = (), batch_size: int = 4, max_len: int = 512,
-                        sample_new_tokens: int = 32) -> dict:
+                        sample_new_tokens: int = 32, heads: bool = False) -> dict:
     """Load the teacher (fp32), prune it, save a plain model folder atomically, report beside it.
 
     The report (also written as <out_dir>.report.json, checksummed) holds params before/after,
@@ -532,7 +538,7 @@ def make_pruned_student(teacher_dir: str, out_dir: str, target_share: float = 0.
     teacher_nll = response_nll(model, tok, hp, hr, batch_size, max_len) if heldout else None
     teacher_sample = _greedy_sample(model, tok, first, sample_new_tokens) if sample_new_tokens else None
     calib = encode_calibration(tok, calib_prompts, batch_size, max_len)
-    model, report = prune_to_share(model, calib, target_share, method)
+    model, report = prune_to_share(model, calib, target_share, method, heads=heads)
     student_nll = response_nll(model, tok, hp, hr, batch_size, max_len) if heldout else None
     student_sample = _greedy_sample(model, tok, first, sample_new_tokens) if sample_new_tokens else None
     report.update({
@@ -582,10 +588,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--teacher", required=True, help="offline:NAME, a local folder, or a hub id")
     ap.add_argument("--out", required=True, help="output model folder (report goes to <out>.report.json)")
     ap.add_argument("--share", type=float, default=0.2, help="share of parameters to remove")
-    ap.add_argument("--method", choices=METHODS, default="layers+width")
+    ap.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD)
     ap.add_argument("--calib", type=int, default=None,
                     help="calibration prompts (default: models.prune.calibration_prompts)")
     ap.add_argument("--heldout", type=int, default=64, help="held-out replies for the NLL check")
+    ap.add_argument("--heads", action="store_true", help="width: prune attention heads too")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--max-len", type=int, default=512)
     ap.add_argument("--config", default=None, help="experiment YAML whose data section picks the prompts")
@@ -597,7 +604,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         teacher = resolve_model(teacher)
     calib, held = _cli_data(args)
     report = make_pruned_student(str(teacher), args.out, args.share, args.method, calib, held,
-                                 batch_size=args.batch_size, max_len=args.max_len)
+                                 batch_size=args.batch_size, max_len=args.max_len, heads=args.heads)
     report.pop("heads_removed", None)
     json.dump(report, sys.stdout, indent=1)
     print()

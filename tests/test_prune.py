@@ -161,8 +161,9 @@ def test_prune_to_share_hits_target(tok, calib, method):
     assert report["params_after"] == prune.count_params(model)
     assert abs(report["achieved_share"] - 0.2) <= tol, report
     assert 0 not in report["layers_removed"] and 7 not in report["layers_removed"]
-    if method == "width":
+    if method == "width":  # MLP channels only by default
         assert report["layers_after"] == 8 and report["channels_removed_per_layer"] > 0
+        assert report["heads_after"] == report["heads_before"]
     _check_runs(model, tok)
 
 
@@ -170,7 +171,7 @@ def test_saved_folder_reloads_with_identical_logits(tok, calib, tmp_path):
     from transformers import AutoModelForCausalLM
 
     for name, model in (("llama", llama(tok)), ("qwen2", qwen2(tok))):
-        model, report = prune.prune_to_share(model, calib, 0.25, "width")
+        model, report = prune.prune_to_share(model, calib, 0.25, "width", heads=True)
         assert report["heads_after"] < report["heads_before"]  # heads and channels both pruned
         assert abs(report["achieved_share"] - 0.25) <= WIDTH_TOL
         model.save_pretrained(tmp_path / name)
@@ -248,9 +249,10 @@ def test_cli_uses_in_domain_data(tok, tmp_path, monkeypatch, capsys):
                                        {"prompt": PROMPTS[4:], "reference": REPLIES[4:]})
     monkeypatch.setitem(sys.modules, "dadpo.data", fake)
     out = tmp_path / "cli_student"
-    assert prune.main(["--teacher", str(teacher), "--out", str(out), "--method", "width", "--calib", "3"]) == 0
+    assert prune.main(["--teacher", str(teacher), "--out", str(out), "--heads", "--calib", "3"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["method"] == "width" and report["n_calibration"] == 3 and report["n_heldout"] == 2
+    assert report["method"] == prune.DEFAULT_METHOD == "width" and report["heads_after"] < report["heads_before"]
+    assert report["n_calibration"] == 3 and report["n_heldout"] == 2
     assert (out / "config.json").is_file()
     monkeypatch.setitem(sys.modules, "dadpo.data", None)  # module not written yet -> a clear error
     with pytest.raises(SystemExit, match="dadpo.data"):
