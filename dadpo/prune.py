@@ -374,6 +374,8 @@ def prune_to_share(model, calib_ids, target_share: float = 0.2, method: str = DE
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if not 0.0 < target_share < 1.0:
         raise ValueError(f"target_share must be in (0, 1), got {target_share}")
+    if heads and method != "width":
+        raise ValueError(f"heads=True applies to method 'width' only, not {method!r}")
     t0 = time.time()
     cfg = model.config
     before = count_params(model)
@@ -575,7 +577,7 @@ def _cli_data(args) -> tuple[list[str], list[tuple[str, str]]]:
     cfg = load_config(args.config) if args.config else ExperimentConfig().validate()
     cfg.data.n_test = max(cfg.data.n_test, args.heldout)
     cfg.data.n_train = max(cfg.data.n_train, args.calib or cfg.models.prune.calibration_prompts)
-    train, test = load_in_domain(cfg)
+    train, test = load_in_domain(cfg.data)
     n_calib = args.calib or cfg.models.prune.calibration_prompts
     calib = list(train["prompt"])[:n_calib]  # list() also turns a datasets Column into a list
     held = list(zip(list(test["prompt"])[: args.heldout], list(test["reference"])[: args.heldout]))

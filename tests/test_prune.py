@@ -167,6 +167,12 @@ def test_prune_to_share_hits_target(tok, calib, method):
     _check_runs(model, tok)
 
 
+def test_prune_to_share_rejects_bad_arguments(tok, calib):
+    for kw in ({"method": "heads"}, {"target_share": 1.0}, {"method": "layers", "heads": True}):
+        with pytest.raises(ValueError):
+            prune.prune_to_share(llama(tok), calib, **kw)
+
+
 def test_saved_folder_reloads_with_identical_logits(tok, calib, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -245,14 +251,20 @@ def test_make_pruned_student_folder_and_report(tok, tmp_path):
 def test_cli_uses_in_domain_data(tok, tmp_path, monkeypatch, capsys):
     teacher = _teacher_dir(tok, tmp_path)
     fake = types.ModuleType("dadpo.data")
-    fake.load_in_domain = lambda cfg: ({"prompt": PROMPTS[:4], "reference": REPLIES[:4]},
-                                       {"prompt": PROMPTS[4:], "reference": REPLIES[4:]})
+    seen = []
+
+    def load_in_domain(data_cfg):
+        seen.append(data_cfg)
+        return ({"prompt": PROMPTS[:4], "reference": REPLIES[:4]}, {"prompt": PROMPTS[4:], "reference": REPLIES[4:]})
+
+    fake.load_in_domain = load_in_domain
     monkeypatch.setitem(sys.modules, "dadpo.data", fake)
     out = tmp_path / "cli_student"
     assert prune.main(["--teacher", str(teacher), "--out", str(out), "--heads", "--calib", "3"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["method"] == prune.DEFAULT_METHOD == "width" and report["heads_after"] < report["heads_before"]
     assert report["n_calibration"] == 3 and report["n_heldout"] == 2
+    assert type(seen[0]).__name__ == "DataConfig" and seen[0].n_test >= 64  # held-out count asked for
     assert (out / "config.json").is_file()
     monkeypatch.setitem(sys.modules, "dadpo.data", None)  # module not written yet -> a clear error
     with pytest.raises(SystemExit, match="dadpo.data"):
