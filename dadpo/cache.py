@@ -47,7 +47,9 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 def safe_name(name: str) -> str:
     """A file-name component derived from a name or id that cannot leave its folder."""
     cleaned = _SAFE.sub("_", name).strip("._") or "x"
-    return f"{cleaned[:80]}-{stable_hash(name, 8)}" if cleaned != name else cleaned
+    # over-long names are cut too (with the hash keeping them apart): a path component over the
+    # file system's limit (255 bytes) would fail to be created
+    return f"{cleaned[:80]}-{stable_hash(name, 8)}" if cleaned != name or len(name) > 80 else cleaned
 
 
 def safe_join(root: str | Path, *parts: str) -> Path:

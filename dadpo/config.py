@@ -295,6 +295,8 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"config: {path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config: {path}: invalid UTF-8 at byte {e.start} ({e.reason})") from None
     _check(isinstance(data, dict), str(path), "top level must be a mapping")
     for o in overrides:
         data = _deep_merge(data, parse_override(o))

@@ -43,7 +43,8 @@ def generate(model, tokenizer, prompts: list[str], sampling: Sampling, model_fp:
     """Answers for `prompts` (cached), and stats: generated tokens, seconds, cache hits."""
     path = cache_file(model_fp, tokenizer, sampling)
     store: dict = read_json(path) or {}
-    todo = sorted({p for p in prompts if _prompt_key(p) not in store}, key=len)
+    # (length, text): ties in length must not be ordered by the process's string-hash seed
+    todo = sorted({p for p in prompts if _prompt_key(p) not in store}, key=lambda p: (len(p), p))
     stats = {"prompts": len(prompts), "cached": sum(_prompt_key(p) in store for p in prompts),
              "new_tokens": 0, "seconds": 0.0}
     if todo:

@@ -27,12 +27,13 @@ def pick_dtype(name: str, purpose: str = "train") -> torch.dtype:
 
 
 def resolve(spec: str, trust_remote_code: bool = False) -> str:
-    """A model spec ("offline:NAME", a local folder, or a hub id) as something from_pretrained takes."""
-    if spec.startswith("offline:"):
-        from dadpo.assets import resolve_model
+    """A model spec ("offline:NAME", a local folder, or a hub id) as something from_pretrained takes.
 
-        return resolve_model(spec, trust_remote_code=trust_remote_code)
-    return spec
+    A path that is no folder with a config.json and no org/name hub id is a one-line AssetError here,
+    not a hub lookup (retries, then an error about repo ids) deep inside transformers."""
+    from dadpo.assets import resolve_model
+
+    return resolve_model(spec, trust_remote_code=trust_remote_code)
 
 
 def load_tokenizer(spec: str, trust_remote_code: bool = False):
@@ -51,7 +52,17 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32, trust_remote_code:
     path = resolve(spec, trust_remote_code)
     if not spec.startswith("offline:") and os.path.sep in spec and not Path(spec).exists():
         raise FileNotFoundError(f"model path not found: {spec}")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    # Local folders (ours: converted, pruned, trained) load from safetensors only: a pickled
+    # pytorch_model.bin is never opened. Hub ids keep transformers' default (safetensors first).
+    local = Path(path).is_dir()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                     use_safetensors=True if local else None)
+    except (OSError, ValueError, RuntimeError):
+        raise
+    except Exception as e:  # noqa: BLE001 - e.g. SafetensorError on damaged weights: one line, not a traceback
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise OSError(f"cannot load model {path}: {type(e).__name__}: {first}") from e
     return model.to(on or device())
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import json
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, replace
 from functools import cached_property
@@ -55,6 +56,24 @@ class Pipeline:
     def _dir(self, kind: str, key_obj) -> Path:
         return safe_join(cache_root(), kind, f"{kind}-{stable_hash(key_obj, 20)}")
 
+    @staticmethod
+    def _sealed(folder: Path, record: Path) -> bool:
+        """True when `folder` is a finished model: its checksummed `record` (written after the folder)
+        exists and the folder's content fingerprint equals the one recorded. A folder whose content
+        changed is reported and recomputed. Records written before fingerprints were kept get one."""
+        rec = read_json(record)
+        if rec is None or not (folder / "config.json").is_file():
+            return False
+        fp = fingerprint(str(folder))
+        if "model_fingerprint" not in rec:
+            write_json(record, {**rec, "model_fingerprint": fp})
+            return True
+        if rec["model_fingerprint"] == fp:
+            return True
+        warnings.warn(f"cache entry {folder} is corrupted (its content differs from the recorded fingerprint); "
+                      "recomputing", stacklevel=2)
+        return False
+
     # --- assets and data -----------------------------------------------------------------------
     @cached_property
     def teacher_path(self) -> str:
@@ -93,17 +112,20 @@ class Pipeline:
         held = list(zip(test["prompt"][:16], test["reference"][:16]))
         out = self._dir("pruned", {"base": fingerprint(base), "prune": asdict(m.prune), "calib": calib,
                                    "held": [h[0] for h in held]})
-        if not (out / "config.json").is_file():
+        if not self._sealed(out, report_path(out)):
             with self.stage("prune"):
-                make_pruned_student(base, str(out), m.prune.target_share, m.prune.method, calib, held)
+                rep = make_pruned_student(base, str(out), m.prune.target_share, m.prune.method, calib, held)
+                write_json(report_path(out), {**rep, "model_fingerprint": fingerprint(str(out))})
         self.facts["prune"] = read_json(report_path(out))
         return str(out)
 
     def check_tokenizers(self) -> dict:
         from transformers import AutoConfig
 
-        student_tok = load_tokenizer(self.student_init)
-        rows = [AutoConfig.from_pretrained(p).vocab_size for p in (self.teacher_path, self.student_init)]
+        trust = self.cfg.models.trust_remote_code
+        student_tok = load_tokenizer(self.student_init, trust)
+        rows = [AutoConfig.from_pretrained(p, trust_remote_code=trust).vocab_size
+                for p in (self.teacher_path, self.student_init)]
         rep = check_tokenizers(self.tokenizer, student_tok, rows[0], rows[1], self.cfg.models.allow_padded_vocab)
         self.facts["tokenizers"] = rep
         return rep
@@ -124,7 +146,8 @@ class Pipeline:
         if all(_prompt_key(p) in store for p in prompts):
             return [store[_prompt_key(p)] for p in prompts]
         with self.stage(f"generate:{name}"):
-            model = load_model(model_path, pick_dtype(self.cfg.generation.dtype, "inference"))
+            model = load_model(model_path, pick_dtype(self.cfg.generation.dtype, "inference"),
+                               self.cfg.models.trust_remote_code)
             out, stats = generate(model, self.tokenizer, prompts, sampling, fp,
                                   self.cfg.generation.batch_size, desc=f"answers {name}")
             _free(model)
@@ -145,7 +168,7 @@ class Pipeline:
                "train": asdict(cfg.train), "objective": asdict(objective), "seed": cfg.seed,
                "needs": [(n, fingerprint(p)) for n, p in needs]}
         out = self._dir("train", key)
-        if (out / "model" / "config.json").is_file():
+        if self._sealed(out / "model", out / "result.json"):
             self._record_training(name, out)
             return str(out / "model")
         tok = self.tokenizer
@@ -153,7 +176,7 @@ class Pipeline:
         scorer_dtype = pick_dtype(cfg.models.dtype, "inference")
         for what, path in needs:  # precompute with frozen models, one at a time
             with self.stage(f"precompute:{what}"):
-                frozen = load_model(path, scorer_dtype)
+                frozen = load_model(path, scorer_dtype, cfg.models.trust_remote_code)
                 if what in ("ref", "te"):
                     attach_sequence_scores(examples, frozen, fingerprint(path), tok.pad_token_id, what,
                                            cfg.generation.batch_size, cfg.train.logit_chunk)
@@ -165,10 +188,10 @@ class Pipeline:
                     self.facts.setdefault("topk_cache", {})[name] = rep
                 _free(frozen)
         with self.stage(f"train:{name}"):
-            model = load_model(init_path, torch.float32)
+            model = load_model(init_path, torch.float32, cfg.models.trust_remote_code)
             trainer = Trainer(model, tok, method, cfg.train, objective, out, seed=cfg.seed)
             result = trainer.train(examples)
-            write_json(out / "result.json", asdict(result))
+            write_json(out / "result.json", {**asdict(result), "model_fingerprint": fingerprint(str(out / "model"))})
             _free(model, trainer)
         self._record_training(name, out)
         return str(out / "model")
@@ -198,7 +221,8 @@ class Pipeline:
 
     def trained(self, row: str, beta2: float | None = None) -> str:
         """The model folder for a table row: student (untrained), sft, kd, ddpo, dadpo, dadpo_token."""
-        if row == "student":
+        if row == "student":  # untrained, but evaluated with the teacher's tokenizer: check it first
+            self.check_tokenizers()
             return self.student_init
         if row == "sft":
             return self.dsft

@@ -149,7 +149,9 @@ class ApiJudge(Judge):
                     model=self.model, messages=messages, temperature=self.temperature, max_tokens=self.max_tokens)
             except Exception as exc:  # noqa: BLE001 - every failure becomes a reasoned verdict
                 status = getattr(exc, "status_code", None)
-                msg = (str(exc).strip().splitlines() or [""])[0][:200]
+                # scrub before cutting: a cut can split the key (project keys are ~164 chars) so
+                # that the whole-key replacement in _scrub no longer finds it
+                msg = (self._scrub(str(exc)).strip().splitlines() or [""])[0][:200]
                 last = f"{type(exc).__name__}{f' (HTTP {status})' if status else ''}: {msg}"
                 if self._retryable(exc):
                     continue

@@ -65,7 +65,8 @@ class ReferenceJudge(Judge):
         for i in sorted(set(range(len(items))) - set(ok)):
             yield i, Verdict.fail("no reference")
         # Each distinct text is embedded once: references and teacher answers recur across orders.
-        texts = sorted({t for i in ok for t in (items[i].answer_a, items[i].answer_b, items[i].reference)}, key=len)
+        texts = sorted({t for i in ok for t in (items[i].answer_a, items[i].answer_b, items[i].reference)},
+                       key=lambda t: (len(t), t))  # no tie left to the string-hash seed
         if not texts:
             return
         vecs, cut = self.embed(texts)
