@@ -293,6 +293,49 @@ def test_corrupted_entries_are_detected_reported_and_recomputed(config, baseline
     assert _entries(cache) == baseline["entries"]  # every damaged entry rewritten with the right bytes
 
 
+def test_pruned_student_folder_is_verified_before_reuse(tiny, tmp_path, monkeypatch):
+    """The pruned-student entry (table1) follows the same rule as trained models: reused only when
+    its checksummed report exists (written after the folder) and records the folder's fingerprint.
+    Pruning itself is replaced by a copy here (the rule is the pipeline's, not the pruner's)."""
+    import warnings
+
+    import dadpo.prune
+    from dadpo.cache import read_json, write_json
+    from dadpo.config import load_config
+    from dadpo.modeling import fingerprint
+    from dadpo.pipeline import Pipeline
+
+    calls = []
+
+    def fake_prune(base, out_dir, share, method, calib, held):
+        calls.append(out_dir)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        shutil.copytree(base, out_dir)
+        rep = {"fake": True, "n_calibration": len(calib)}
+        write_json(dadpo.prune.report_path(out_dir), rep)
+        return rep
+
+    monkeypatch.setattr(dadpo.prune, "make_pruned_student", fake_prune)
+    cfg = load_config(tiny.write_config(tmp_path / "c.yaml", **{
+        "models.student": str(tiny.teacher), "models.prune": {"enabled": True, "calibration_prompts": 2}}))
+    first = Path(Pipeline(cfg, log=lambda *a: None).student_init)
+    fp, report = fingerprint(str(first)), dadpo.prune.report_path(first)
+    assert len(calls) == 1 and read_json(report)["model_fingerprint"] == fp
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a sound entry is reused without a word
+        assert Pipeline(cfg, log=lambda *a: None).student_init == str(first) and len(calls) == 1
+    _flip(first / "model.safetensors")  # damaged in place
+    with pytest.warns(UserWarning, match=f"cache entry {first} is corrupted"):
+        Pipeline(cfg, log=lambda *a: None).student_init
+    assert len(calls) == 2 and fingerprint(str(first)) == fp
+    report.unlink()  # killed after the folder was renamed into place, before its report: not done
+    Pipeline(cfg, log=lambda *a: None).student_init
+    assert len(calls) == 3 and read_json(report)["model_fingerprint"] == fp
+    write_json(report, {"fake": True})  # a report from before fingerprints were recorded: sealed once
+    Pipeline(cfg, log=lambda *a: None).student_init
+    assert len(calls) == 3 and read_json(report)["model_fingerprint"] == fp
+
+
 # -------------------------------------------------------------------------------- 3. judge faults
 FAULT_KEY = "sk-faulty-0000"
 FAULTS = ("429", "500", "timeout", "garbled")
