@@ -82,7 +82,10 @@ def training_figure(tr: pd.DataFrame, title: str, path: Path) -> None:
     for method, g in tr.groupby("method"):
         axes[0][0].plot(g["step"], g["loss"], label=method)
         if has_margin and g["rewards/margins"].notna().any():
-            axes[0][1].plot(g["step"], g["rewards/margins"], label=method)
+            line, = axes[0][1].plot(g["step"], g["rewards/margins"], label=method)
+            if "dadpo/margin_ref" in g and g["dadpo/margin_ref"].notna().any():
+                axes[0][1].plot(g["step"], g["dadpo/margin_ref"], "--", color=line.get_color(),
+                                label=f"{method}: policy-vs-ref part")
     axes[0][0].set_xlabel("optimizer step")
     axes[0][0].set_ylabel("training loss (per method's objective)")
     axes[0][0].legend(fontsize=7)

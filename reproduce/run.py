@@ -38,7 +38,7 @@ RESULT_COLUMNS = [
 ]
 TRAINING_COLUMNS = ["method", "step", "epoch", "loss", "lr", "grad_norm", "tokens",
                     "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracy",
-                    "dadpo/teacher_term"]
+                    "dadpo/teacher_term", "dadpo/margin_ref", "dadpo/delta_te"]
 
 
 def _git_sha() -> str:
@@ -123,7 +123,8 @@ def print_table(rows: list[dict]) -> None:
     for r in rows:
         pref = (f"{r['pref_rate']:+.3f} [{r['pref_rate_lo']:+.2f},{r['pref_rate_hi']:+.2f}]"
                 if isinstance(r.get("pref_rate"), float) else "n/a")
-        paper = f"{r['paper_metric'][:4]} {r['paper_value']:+.3f}" if r.get("paper_value") is not None else ""
+        paper = (f"{'pref' if r['paper_metric'] == 'pref_rate' else 'win'} {r['paper_value']:+.3f}"
+                 if r.get("paper_value") is not None else "")
         judge = r["judge"] + ("*" if r.get("proxy") else "")
         wtl = f"{r['wins']}/{r['ties']}/{r['losses']}"
         win = f"{r['win_rate']:.3f}" if isinstance(r.get("win_rate"), float) else "n/a"
