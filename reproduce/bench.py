@@ -37,13 +37,11 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
@@ -74,28 +72,11 @@ QWEN_SHAPES = {  # Qwen2.5 configs (config.json of the hub repos); random weight
 
 
 # ------------------------------------------------------------------------------- facts, files
-def versions() -> dict:
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "accelerate", "trl", "datasets"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
+from reproduce.run import git_sha, versions  # noqa: E402  (one definition of provenance facts)
 
 
 def versions_str(v: dict) -> str:
     return ";".join(f"{k}={v[k]}" for k in ("torch", "transformers", "accelerate", "trl") if v.get(k))
-
-
-def git_sha() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        return sha + ("-dirty" if dirty else "") if sha else "unknown"
-    except OSError:
-        return "unknown"
 
 
 def device_name(dev: torch.device) -> str:

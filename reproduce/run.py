@@ -41,7 +41,7 @@ TRAINING_COLUMNS = ["method", "step", "epoch", "loss", "lr", "grad_norm", "token
                     "dadpo/teacher_term", "dadpo/margin_ref", "dadpo/delta_te"]
 
 
-def _git_sha() -> str:
+def git_sha() -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
@@ -53,7 +53,7 @@ def _git_sha() -> str:
 
 def versions() -> dict:
     out = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "accelerate", "datasets", "pandas", "openai", "llm-blender", "peft"):
+    for pkg in ("torch", "transformers", "accelerate", "datasets", "pandas", "openai", "llm-blender", "peft", "trl"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -196,7 +196,7 @@ def run(cfg, out: Path) -> int:
     write_csv(out / f"{stem}_training.csv", training_rows(pipe.facts), TRAINING_COLUMNS)
     provenance = {
         "command": sys.argv, "started_utc": started, "wall_seconds": round(time.time() - t0, 1),
-        "git_sha": _git_sha(), "versions": versions(), "device": device_facts(),
+        "git_sha": git_sha(), "versions": versions(), "device": device_facts(),
         "seed": cfg.seed, "config_hash": cfg.fingerprint(), "config": cfg.to_dict(),
         "stage_seconds": pipe.timings, "facts": pipe.run_facts(),
         "judges": {j: f.get("identity") for j, f in pipe.facts.get("judges", {}).items()},
