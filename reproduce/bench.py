@@ -72,7 +72,7 @@ QWEN_SHAPES = {  # Qwen2.5 configs (config.json of the hub repos); random weight
 
 
 # ------------------------------------------------------------------------------- facts, files
-from reproduce.run import git_sha, versions  # noqa: E402  (one definition of provenance facts)
+from reproduce.run import _fmt, git_sha, versions  # noqa: E402  (one definition of provenance facts)
 
 
 def versions_str(v: dict) -> str:
@@ -89,14 +89,6 @@ def device_name(dev: torch.device) -> str:
                 name = line.split(":", 1)[1].strip()
                 break
     return f"{name} ({torch.get_num_threads()} threads)"
-
-
-def _fmt(v) -> str:
-    if v is None or v == "":
-        return ""
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return str(v)
 
 
 def read_csv(path: Path) -> list[dict]:

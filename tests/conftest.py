@@ -34,3 +34,14 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_student_dir(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("tiny_student"), seed=1, layers=3)
+
+
+@pytest.fixture()
+def one_thread():
+    """Tiny models on shared cores: one intra-op thread (see rel_tiny.py); restored afterwards."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

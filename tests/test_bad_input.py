@@ -27,17 +27,6 @@ def tiny(tmp_path_factory, shared_assets):
         return build_tiny(tmp_path_factory.mktemp("tiny_bad"))
 
 
-@pytest.fixture()
-def one_thread():
-    """Tiny models on shared cores: one intra-op thread (see rel_tiny.py); restored afterwards."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _records_state():
     p = RUNS / "records.jsonl"
     return p.stat().st_mtime_ns if p.exists() else None

@@ -29,16 +29,6 @@ def tiny(tmp_path_factory, shared_assets):
         return build_tiny(tmp_path_factory.mktemp("tiny_sec"))
 
 
-@pytest.fixture()
-def one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # --------------------------------------------------------------------------------------- API keys
 def leaky_chat(key: str):
     """test_evals_api's loopback server, made indiscreet: it echoes the caller's key in 401 errors
