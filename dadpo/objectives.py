@@ -46,7 +46,7 @@ def dadpo_loss(pol_chosen: torch.Tensor, pol_rejected: torch.Tensor, ref_chosen:
     more strongly than pi_ref does get a larger weight.
     Special cases: b2 = 0 is dDPO with beta = b1; b1 = 0 is DPO with pi_te as reference, beta = b2.
 
-    Returns (loss, metrics): the dDPO keys (loss, rewards/chosen, rewards/rejected, rewards/margins,
+    Returns (loss, metrics): the dDPO keys (loss, loss_at_ref, rewards/chosen, rewards/rejected, rewards/margins,
     rewards/accuracy, logps/chosen, logps/rejected), where rewards are the implicit rewards above,
     plus margin (= rewards/margins), dadpo/delta_te, dadpo/teacher_term = b2 (tc - tr),
     dadpo/ref_term = b1 (rc - rr), dadpo/margin_ref = b1 h, dadpo/margin_te = b2 [(pc-tc)-(pr-tr)].
@@ -58,7 +58,8 @@ def dadpo_loss(pol_chosen: torch.Tensor, pol_rejected: torch.Tensor, ref_chosen:
     loss = -F.logsigmoid(margin).mean()
     reward_chosen = beta1 * (pol_chosen - ref_chosen) + beta2 * (pol_chosen - te_chosen)
     reward_rejected = beta1 * (pol_rejected - ref_rejected) + beta2 * (pol_rejected - te_rejected)
-    metrics = preference_metrics(margin, reward_chosen, reward_rejected, loss, pol_chosen, pol_rejected)
+    at_ref = dadpo_margin(ref_chosen, ref_rejected, ref_chosen, ref_rejected, te_chosen, te_rejected, beta1, beta2)
+    metrics = preference_metrics(margin, reward_chosen, reward_rejected, loss, pol_chosen, pol_rejected, at_ref)
     d = lambda x: x.detach().mean()  # noqa: E731
     metrics.update({
         "margin": d(margin),

@@ -166,7 +166,7 @@ class Pipeline:
         name = name or method
         key = {"method": method, "init": fingerprint(init_path), "rows": stable_hash(rows, 24),
                "train": asdict(cfg.train), "objective": asdict(objective), "seed": cfg.seed,
-               "needs": [(n, fingerprint(p)) for n, p in needs]}
+               "needs": [(n, fingerprint(p)) for n, p in needs], "score_numerics": "trainer"}
         out = self._dir("train", key)
         if self._sealed(out / "model", out / "result.json"):
             self._record_training(name, out)
@@ -176,11 +176,16 @@ class Pipeline:
         scorer_dtype = pick_dtype(cfg.models.dtype, "inference")
         for what, path in needs:  # precompute with frozen models, one at a time
             with self.stage(f"precompute:{what}"):
-                frozen = load_model(path, scorer_dtype, cfg.models.trust_remote_code)
                 if what in ("ref", "te"):
-                    attach_sequence_scores(examples, frozen, fingerprint(path), tok.pad_token_id, what,
-                                           cfg.generation.batch_size, cfg.train.logit_chunk)
+                    # sequence scores in the trainer's numerics (fp32 weights, bf16 autocast on GPU):
+                    # they enter the margin beside the policy's, and at step 0 the policy's log-probs
+                    # must equal pi_ref's exactly (dDPO's first loss is then log 2)
+                    frozen = load_model(path, torch.float32, cfg.models.trust_remote_code)
+                    with torch.autocast("cuda", torch.bfloat16, enabled=frozen.device.type == "cuda"):
+                        attach_sequence_scores(examples, frozen, fingerprint(path), tok.pad_token_id, what,
+                                               cfg.generation.batch_size, cfg.train.logit_chunk)
                 else:  # top-k teacher distributions for KD
+                    frozen = load_model(path, scorer_dtype, cfg.models.trust_remote_code)
                     answers = ("chosen", "rejected") if what == "topk2" else ("chosen",)
                     rep = attach_teacher_topk(examples, frozen, fingerprint(path), tok.pad_token_id,
                                               objective.top_k, objective.kd_temperature,

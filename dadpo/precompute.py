@@ -26,11 +26,17 @@ def _key_path(kind: str, **parts) -> Path:
     return safe_join(cache_root(), "scores", f"{kind}-{stable_hash(parts, 24)}.safetensors")
 
 
+def _numerics(model) -> str:
+    dtype = next(model.parameters()).dtype
+    return f"{dtype}+autocast-bf16" if torch.is_autocast_enabled("cuda") else str(dtype)
+
+
 @torch.no_grad()
 def sequence_logprobs(model, encoded: list[dict], pad_id: int, model_fp: str, batch_size: int = 8,
                       chunk_size: int = 1024, desc: str = "score") -> dict:
     """{"sum": [N] float64, "count": [N] int64} of response-token log-probs, cached."""
-    path = _key_path("seqlp", model=model_fp, data=data_fingerprint(encoded))
+    # numerics are part of the key: bf16 and fp32 sums over a few hundred tokens differ by nats
+    path = _key_path("seqlp", model=model_fp, data=data_fingerprint(encoded), numerics=_numerics(model))
     if (hit := load_tensors(path)) is not None:
         return hit
     model.eval()

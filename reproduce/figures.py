@@ -4,7 +4,8 @@ For every results/{setting}_{scale}.csv:
   {stem}_pref.png      preference rate (wins - losses) / n per method with 95% intervals, one panel per
                        suite and judge; the paper's value, where it reports one, as a marker
   {stem}_beta2.png     daDPO's beta2 sweep (dDPO is beta2 = 0), when the CSV has sweep rows
-  {stem}_training.png  training loss (and DPO reward margins) per step, from {stem}_training.csv
+  {stem}_training.png  training loss per step (DPO family: also loss minus its value at pi_ref on the
+                       same batch, and reward margins), from {stem}_training.csv
 """
 from __future__ import annotations
 
@@ -77,22 +78,27 @@ def beta2_figure(df: pd.DataFrame, title: str, path: Path) -> bool:
 
 
 def training_figure(tr: pd.DataFrame, title: str, path: Path) -> None:
-    has_margin = "rewards/margins" in tr and tr["rewards/margins"].notna().any()
-    fig, axes = plt.subplots(1, 2 if has_margin else 1, figsize=(10 if has_margin else 5, 3.6), squeeze=False)
+    """Loss per step; for the DPO family also the loss minus the same batch's loss at pi_ref (a
+    same-batch measure of progress: daDPO's raw loss spreads by nats from batch to batch) and the
+    reward margins."""
+    dpo = tr[tr["loss_at_ref"].notna()] if "loss_at_ref" in tr else tr.iloc[:0]
+    n = 3 if len(dpo) else 1
+    fig, axes = plt.subplots(1, n, figsize=(5 * n, 3.6), squeeze=False)
+    ax = axes[0]
     for method, g in tr.groupby("method"):
-        axes[0][0].plot(g["step"], g["loss"], label=method)
-        if has_margin and g["rewards/margins"].notna().any():
-            line, = axes[0][1].plot(g["step"], g["rewards/margins"], label=method)
+        line, = ax[0].plot(g["step"], g["loss"], label=method)
+        if method in set(dpo["method"]):
+            ax[1].plot(g["step"], g["loss"] - g["loss_at_ref"], label=method, color=line.get_color())
+            ax[2].plot(g["step"], g["rewards/margins"], label=method, color=line.get_color())
             if "dadpo/margin_ref" in g and g["dadpo/margin_ref"].notna().any():
-                axes[0][1].plot(g["step"], g["dadpo/margin_ref"], "--", color=line.get_color(),
-                                label=f"{method}: policy-vs-ref part")
-    axes[0][0].set_xlabel("optimizer step")
-    axes[0][0].set_ylabel("training loss (per method's objective)")
-    axes[0][0].legend(fontsize=7)
-    if has_margin:
-        axes[0][1].set_xlabel("optimizer step")
-        axes[0][1].set_ylabel("reward margin (chosen - rejected)")
-        axes[0][1].legend(fontsize=7)
+                ax[2].plot(g["step"], g["dadpo/margin_ref"], "--", color=line.get_color(),
+                           label=f"{method}: policy-vs-ref part")
+    labels = ["training loss (per method's objective)", "loss - loss of the same batch at pi_ref",
+              "reward margin (chosen - rejected)"]
+    for a, label in zip(ax, labels):
+        a.set_xlabel("optimizer step")
+        a.set_ylabel(label, fontsize=8)
+        a.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -36,7 +36,7 @@ RESULT_COLUMNS = [
     "first_position_win_share", "student_len", "teacher_len",
     "paper_metric", "paper_value", "paper_setting", "teacher", "student",
 ]
-TRAINING_COLUMNS = ["method", "step", "epoch", "loss", "lr", "grad_norm", "tokens",
+TRAINING_COLUMNS = ["method", "step", "epoch", "loss", "loss_at_ref", "lr", "grad_norm", "tokens",
                     "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracy",
                     "dadpo/teacher_term", "dadpo/margin_ref", "dadpo/delta_te"]
 
@@ -102,6 +102,18 @@ def result_rows(cfg, summary: list[dict], beta2_of: dict) -> list[dict]:
                     "student": cfg.models.student + (f" pruned {cfg.models.prune.target_share:.0%}"
                                                      if cfg.models.prune.enabled else "")})
     return out
+
+
+def stage_seconds_last_ran(prov_path: Path, cfg, timings: dict) -> dict:
+    """Seconds per stage, each from the last run in which it ran: this run's stages plus, for stages
+    this run found cached (they do not run), what an earlier provenance file of this config recorded."""
+    try:
+        prev = json.loads(prov_path.read_text())
+    except (OSError, ValueError):
+        prev = {}
+    if prev.get("config_hash") != cfg.fingerprint():
+        prev = {}
+    return {**prev.get("stage_seconds_last_ran", prev.get("stage_seconds", {})), **timings}
 
 
 def training_rows(facts: dict) -> list[dict]:
@@ -194,17 +206,19 @@ def run(cfg, out: Path) -> int:
                             [{"id": it["id"], "prompt": it["prompt"], "answer": a, "reference": it["reference"],
                               "suite": suite} for it, a in zip(ans["items"], ans[who])])
     write_csv(out / f"{stem}_training.csv", training_rows(pipe.facts), TRAINING_COLUMNS)
+    prov_path = out / f"{stem}.provenance.json"
     provenance = {
         "command": sys.argv, "started_utc": started, "wall_seconds": round(time.time() - t0, 1),
         "git_sha": git_sha(), "versions": versions(), "device": device_facts(),
         "seed": cfg.seed, "config_hash": cfg.fingerprint(), "config": cfg.to_dict(),
-        "stage_seconds": pipe.timings, "facts": pipe.run_facts(),
+        "stage_seconds": pipe.timings, "stage_seconds_last_ran": stage_seconds_last_ran(prov_path, cfg, pipe.timings),
+        "facts": pipe.run_facts(),
         "judges": {j: f.get("identity") for j, f in pipe.facts.get("judges", {}).items()},
         "models": {k: str(v) for k, v in models.items()},
         "reconstructed": "daDPO objective and several settings are reconstructions (METHOD.md); "
                          "offline judges are proxies; default models are small stand-ins.",
     }
-    atomic_write_text(out / f"{stem}.provenance.json", json.dumps(provenance, indent=2, sort_keys=True, default=str))
+    atomic_write_text(prov_path, json.dumps(provenance, indent=2, sort_keys=True, default=str))
     write_csv(out / f"{stem}.csv", rows, RESULT_COLUMNS)  # last: the CSV exists only with its provenance
     print_table(rows)
     print(f"wrote {out / (stem + '.csv')} ({len(rows)} rows) in {time.time() - t0:.0f}s")

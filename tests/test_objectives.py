@@ -10,7 +10,7 @@ from baselines.sft import sft_loss
 from dadpo.logprobs import sequence_logprobs, token_logprobs, topk_with_tail
 from dadpo.objectives import EXTENSIONS, dadpo_loss, dadpo_margin, token_dadpo_loss
 
-DPO_KEYS = {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracy",
+DPO_KEYS = {"loss", "loss_at_ref", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracy",
             "logps/chosen", "logps/rejected"}
 
 
@@ -40,6 +40,7 @@ def test_ddpo_hand_value():
     assert m["rewards/chosen"].item() == pytest.approx(0.1) and m["rewards/rejected"].item() == pytest.approx(-0.05)
     assert m["rewards/margins"].item() == pytest.approx(z) and m["rewards/accuracy"].item() == 1.0
     assert set(m) == DPO_KEYS and all(not v.requires_grad for v in m.values())
+    assert m["loss_at_ref"].item() == pytest.approx(math.log(2))  # policy = reference: margin 0
 
 
 def _grads(loss, *xs):
@@ -86,6 +87,8 @@ def test_dadpo_margin_closed_form_and_metrics():
     torch.testing.assert_close(met["rewards/margins"], closed.mean().detach())
     torch.testing.assert_close(met["rewards/chosen"] - met["rewards/rejected"], closed.mean().detach())
     torch.testing.assert_close(met["dadpo/delta_te"], delta_te.mean())
+    # at pi_theta = pi_ref only the teacher term is left: m = -b2 delta_te
+    torch.testing.assert_close(met["loss_at_ref"], -torch.nn.functional.logsigmoid(-b2 * delta_te).mean())
     torch.testing.assert_close(met["dadpo/teacher_term"], (b2 * (tc - tr)).mean())
     torch.testing.assert_close(met["dadpo/margin_ref"] + met["dadpo/margin_te"], closed.mean().detach())
     # d loss / d pc_i = -(b1 + b2) sigmoid(-m_i) / B

@@ -1,5 +1,6 @@
 """The shared trainer: every method runs, resume is exact, accumulation is exact, caches agree."""
 import copy
+import math
 import json
 
 import pytest
@@ -61,6 +62,20 @@ def test_dadpo_with_beta2_zero_trains_like_ddpo(tok, examples, tmp_path):
     _, a, _ = _train(tok, examples, "ddpo", tmp_path / "a", obj=ObjectiveConfig(beta=0.2))
     _, b, _ = _train(tok, examples, "dadpo", tmp_path / "b", obj=ObjectiveConfig(beta1=0.2, beta2=0.0))
     assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("method", ["ddpo", "dadpo"])
+def test_first_loss_is_the_loss_at_the_reference_when_starting_from_it(tok, examples, tmp_path, method):
+    # the pipeline starts dDPO/daDPO from pi_ref = pi_dSFT and scores pi_ref in the trainer's numerics:
+    # step 1 then sees policy log-probs equal to the cached reference ones (dDPO: loss = log 2)
+    attach_sequence_scores(examples, tiny_llama(tok, seed=11), "policy-init", tok.pad_token_id, "ref")
+    res, _, _ = _train(tok, examples, method, tmp_path, max_steps=1)
+    rec = json.loads(open(res.log_file).readline())
+    assert rec["loss"] == pytest.approx(rec["loss_at_ref"], abs=1e-5)
+    if method == "ddpo":
+        assert rec["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    else:
+        assert abs(rec["loss"] - math.log(2)) > 1e-3  # the teacher term moves daDPO's start off log 2
 
 
 @pytest.mark.parametrize("method", ["sft", "dadpo"])
