@@ -16,6 +16,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -46,9 +47,13 @@ def git_sha() -> str:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                                capture_output=True, text=True).stdout.strip()
-        return sha + ("-dirty" if dirty else "") if sha else "unknown"
+        if sha:
+            return sha + ("-dirty" if dirty else "")
     except OSError:
-        return "unknown"
+        pass
+    # a copy of the tree without .git (e.g. shipped to a GPU host): the sender may name its commit
+    exported = os.environ.get("DADPO_SOURCE_SHA")
+    return f"{exported} (exported tree, unverified)" if exported else "unknown"
 
 
 def versions() -> dict:
@@ -64,7 +69,7 @@ def versions() -> dict:
 def device_facts() -> dict:
     import torch
 
-    d = {"platform": platform.platform(), "cpu_count": __import__("os").cpu_count(),
+    d = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
          "cuda": torch.cuda.is_available()}
     if torch.cuda.is_available():
         d["gpu"] = torch.cuda.get_device_name(0)
