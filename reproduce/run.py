@@ -43,6 +43,11 @@ TRAINING_COLUMNS = ["method", "step", "epoch", "loss", "loss_at_ref", "lr", "gra
 
 
 def git_sha() -> str:
+    # a copy of the tree shipped elsewhere (e.g. a GPU host) may carry no .git or a stale one: the
+    # sender names the commit it sent
+    exported = os.environ.get("DADPO_SOURCE_SHA")
+    if exported:
+        return f"{exported} (named by DADPO_SOURCE_SHA for a copied tree, unverified)"
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
@@ -51,9 +56,7 @@ def git_sha() -> str:
             return sha + ("-dirty" if dirty else "")
     except OSError:
         pass
-    # a copy of the tree without .git (e.g. shipped to a GPU host): the sender may name its commit
-    exported = os.environ.get("DADPO_SOURCE_SHA")
-    return f"{exported} (exported tree, unverified)" if exported else "unknown"
+    return "unknown"
 
 
 def versions() -> dict:
@@ -185,6 +188,7 @@ def run(cfg, out: Path) -> int:
 
     t0 = time.time()
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    sha = git_sha()  # before this run writes its own (tracked) results, which would read as "dirty"
     pipe = Pipeline(cfg)
     models, beta2_of = {}, {}
     for row in cfg.methods:
@@ -214,7 +218,7 @@ def run(cfg, out: Path) -> int:
     prov_path = out / f"{stem}.provenance.json"
     provenance = {
         "command": sys.argv, "started_utc": started, "wall_seconds": round(time.time() - t0, 1),
-        "git_sha": git_sha(), "versions": versions(), "device": device_facts(),
+        "git_sha": sha, "versions": versions(), "device": device_facts(),
         "seed": cfg.seed, "config_hash": cfg.fingerprint(), "config": cfg.to_dict(),
         "stage_seconds": pipe.timings, "stage_seconds_last_ran": stage_seconds_last_ran(prov_path, cfg, pipe.timings),
         "facts": pipe.run_facts(),

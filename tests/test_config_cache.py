@@ -73,3 +73,11 @@ def test_safe_join_stays_inside(tmp_path):
     for name in ["../../etc/passwd", "/abs/path", "..", "a/../../b", "org/model"]:
         p = safe_join(tmp_path, name)
         assert tmp_path.resolve() in p.parents
+
+
+def test_git_sha_of_a_copied_tree_is_the_named_one(monkeypatch):
+    from reproduce.run import git_sha
+
+    assert git_sha() and "named by" not in git_sha()
+    monkeypatch.setenv("DADPO_SOURCE_SHA", "abc123")  # a copy whose .git is missing or stale
+    assert git_sha().startswith("abc123 (named by DADPO_SOURCE_SHA")

@@ -1,5 +1,7 @@
 """The whole table1 pipeline at the smoke scale on the real SmolLM2 (fetched from its package)."""
 import csv
+import json
+import math
 import os
 import subprocess
 import sys
@@ -34,4 +36,11 @@ def test_table1_smoke_end_to_end_then_cached(tmp_path):
     out2, second = _run(["--scale", "smoke"], tmp_path)
     assert path.read_bytes() == before  # deterministic and fully cached
     assert "train:" not in out2 and "generate:" not in out2 and "prune" not in out2, out2
+    prov = json.loads((tmp_path / "results" / "table1_smoke.provenance.json").read_text())
+    assert "train:sft" not in prov["stage_seconds"] and prov["stage_seconds_last_ran"]["train:sft"] > 0
+    # reference scores in the trainer's numerics: dDPO starts at exactly log 2
+    training = list(csv.DictReader(open(tmp_path / "results" / "table1_smoke_training.csv")))
+    first = {r["method"]: r for r in training if r["step"] == "1"}
+    assert float(first["ddpo"]["loss"]) == pytest.approx(math.log(2), abs=1e-4)
+    assert float(first["dadpo"]["loss"]) == pytest.approx(float(first["dadpo"]["loss_at_ref"]), abs=1e-4)
     print(f"smoke: first run {first:.0f}s, cached re-run {second:.0f}s")
