@@ -90,17 +90,15 @@ class Trainer:
         if mixed_precision is None:
             mixed_precision = "bf16" if torch.cuda.is_available() else "no"
         self.acc = Accelerator(mixed_precision=mixed_precision, cpu=bool(cpu))
-        if self.acc.distributed_type.name == "DEEPSPEED":
-            # DeepSpeed steps the optimizer inside backward and rescales by its own accumulation,
-            # which would undo the exact global-batch normalisation below.
-            raise ValueError("DeepSpeed is not supported by this trainer; use DDP or FSDP "
-                             "(reproduce/configs/accelerate/ddp.yaml, fsdp.yaml)")
         n = self.acc.num_processes
         per_step = train_cfg.per_device_batch * n
         if train_cfg.global_batch % per_step:
             raise ValueError(f"train.global_batch={train_cfg.global_batch} is not a multiple of per_device_batch "
                              f"x processes = {per_step}")
         self.accum = train_cfg.global_batch // per_step
+        self.deepspeed = self.acc.distributed_type.name == "DEEPSPEED"
+        if self.deepspeed:
+            self._configure_deepspeed(train_cfg)
         if train_cfg.lora:
             from peft import LoraConfig, get_peft_model
 
@@ -118,6 +116,20 @@ class Trainer:
         self.teacher = None
         if online_teacher is not None:
             self.teacher = ResponseScorer(online_teacher.to(self.acc.device).eval())
+
+    def _configure_deepspeed(self, train_cfg: TrainConfig) -> None:
+        """DeepSpeed accumulates, clips and steps inside backward: it gets this run's micro-batch,
+        accumulation and clipping, so that the global batch stays the one in the config."""
+        ds = self.acc.state.deepspeed_plugin.deepspeed_config
+        stage = int(ds.get("zero_optimization", {}).get("stage", 0))
+        if stage > 2:
+            raise ValueError(f"DeepSpeed ZeRO stage {stage} is not supported (the trainer saves the unwrapped "
+                             "model); use ZeRO-2 (reproduce/configs/accelerate/deepspeed_zero2.yaml) or FSDP")
+        ds["train_micro_batch_size_per_gpu"] = train_cfg.per_device_batch
+        ds["gradient_accumulation_steps"] = self.accum
+        ds["train_batch_size"] = train_cfg.global_batch
+        ds["gradient_clipping"] = train_cfg.max_grad_norm
+        self.acc.gradient_accumulation_steps = self.accum
 
     # --- one micro-batch -------------------------------------------------------------------
     def _batch(self, rows: list[dict]) -> dict:
@@ -235,17 +247,23 @@ class Trainer:
             step_tokens = 0
             for j, mb in enumerate(mine):
                 exs = [examples[i] for i in mb]
-                sync = nullcontext() if j == len(mine) - 1 else acc.no_sync(self.scorer)
+                if self.deepspeed:  # counts micro-batches: the last one is DeepSpeed's step boundary
+                    sync = acc.accumulate()
+                else:
+                    sync = nullcontext() if j == len(mine) - 1 else acc.no_sync(self.scorer)
                 with sync:
                     with acc.autocast():
                         loss_sum, metrics, ntok = self.loss_sum(exs)
-                    # DDP averages gradients over processes; x nproc turns that into a sum.
-                    acc.backward(loss_sum / units_total * nproc)
+                    # DDP and DeepSpeed average gradients over processes (x nproc makes that a sum);
+                    # DeepSpeed also divides by its accumulation steps (x accum undoes it).
+                    acc.backward(loss_sum / units_total * nproc * (self.accum if self.deepspeed else 1))
                 step_loss += loss_sum.detach() / units_total
                 w = sum(_units(self.method, e) for e in exs) / units_total
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + float(v) * w
                 step_tokens += ntok
+            # under DeepSpeed these three already happened inside the last backward (the calls are no-ops
+            # there, and clip_grad_norm_ returns DeepSpeed's norm)
             grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
             self.opt.step()
             sched.step()
@@ -257,7 +275,8 @@ class Trainer:
             last_loss = float(stats[0])
             if acc.is_main_process and ((step + 1) % log_every == 0 or step + 1 == stop):
                 rec = {"step": step + 1, "epoch": round((step + 1) / steps_per_epoch, 4), "loss": last_loss,
-                       "lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm),
+                       "lr": sched.get_last_lr()[0],
+                       "grad_norm": float("nan") if grad_norm is None else float(grad_norm),
                        "tokens": int(stats[1]), "elapsed_s": round(time.perf_counter() - t0, 3)}
                 rec.update({k: float(v) for k, v in zip(sorted(sums), stats[2:].tolist())})
                 with open(log_path, "a") as f:
