@@ -55,9 +55,27 @@ class TrainResult:
     extra: dict = field(default_factory=dict)
 
 
+def _reset_peak_memory() -> None:
+    """Start a fresh peak for this training run (the pipeline runs several stages in one process)."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:  # Linux: "5" resets the process's peak resident set size (VmHWM)
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def _peak_memory_mb() -> float:
+    """Peak GPU memory allocated (CUDA), else peak RSS since _reset_peak_memory (process peak if not Linux)."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # KiB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
@@ -233,6 +251,7 @@ class Trainer:
         elif acc.is_main_process and log_path.exists():
             log_path.unlink()
         stop = total if max_steps is None else min(total, max_steps)
+        _reset_peak_memory()
         t0, tokens, last_loss = time.perf_counter(), 0, float("nan")
         rank, nproc = acc.process_index, acc.num_processes
         self.scorer.train()

@@ -1,6 +1,7 @@
 """The shared trainer: every method runs, resume is exact, accumulation is exact, caches agree."""
 import copy
 import math
+import os
 import json
 
 import pytest
@@ -131,3 +132,14 @@ def test_lora_trains_and_saves_a_merged_plain_model(tok, examples, tmp_path):
     changed = [n for (n, p), (_, q) in zip(merged.named_parameters(), base.named_parameters())
                if not torch.allclose(p, q)]
     assert changed and all("proj" in n for n in changed)  # only the adapted linear layers moved
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs") or torch.cuda.is_available(), reason="Linux CPU RSS")
+def test_peak_memory_is_per_training_run_not_per_process():
+    from dadpo.trainer import _peak_memory_mb, _reset_peak_memory
+
+    big = torch.ones(50_000_000, dtype=torch.float64)  # 400 MB touched, then freed
+    del big
+    before = _peak_memory_mb()
+    _reset_peak_memory()
+    assert _peak_memory_mb() < before - 300
