@@ -1,5 +1,6 @@
 """Run by tests/test_multiprocess.py, once as a plain process and once under `accelerate launch`."""
 import json
+import os
 import sys
 
 from dadpo.config import ObjectiveConfig, TrainConfig
@@ -22,4 +23,5 @@ attach_sequence_scores(ex, tiny_llama(tok, seed=7), "te", tok.pad_token_id, "te"
 cfg = TrainConfig(per_device_batch=per_device, global_batch=8, lr=1e-3, sft_lr=1e-3, epochs=2, sft_epochs=2,
                   warmup_ratio=0.0)
 res = Trainer(tiny_llama(tok, seed=11), tok, method, cfg, ObjectiveConfig(), out, seed=0, cpu=cpu).train(ex)
-print(json.dumps({"processes": res.processes, "accumulation": res.accumulation}))
+if os.environ.get("RANK", "0") == "0":  # one line, not one per process racing on the same stdout
+    print(json.dumps({"processes": res.processes, "accumulation": res.accumulation}))
