@@ -112,16 +112,21 @@ def result_rows(cfg, summary: list[dict], beta2_of: dict) -> list[dict]:
     return out
 
 
-def stage_seconds_last_ran(prov_path: Path, cfg, timings: dict) -> dict:
-    """Seconds per stage, each from the last run in which it ran: this run's stages plus, for stages
-    this run found cached (they do not run), what an earlier provenance file of this config recorded."""
+def earlier_provenance(prov_path: Path, cfg) -> dict:
+    """The provenance an earlier run of this same config left at `prov_path` ({} if none)."""
     try:
         prev = json.loads(prov_path.read_text())
     except (OSError, ValueError):
-        prev = {}
-    if prev.get("config_hash") != cfg.fingerprint():
-        prev = {}
-    return {**prev.get("stage_seconds_last_ran", prev.get("stage_seconds", {})), **timings}
+        return {}
+    return prev if prev.get("config_hash") == cfg.fingerprint() else {}
+
+
+def keep_earlier(prev: dict, timings: dict, facts: dict) -> tuple[dict, dict]:
+    """Stages a re-run finds cached do not run, so they report no seconds and no generation facts:
+    keep what the run that computed them recorded. Returns (stage_seconds_last_ran, facts)."""
+    seconds = {**prev.get("stage_seconds_last_ran", prev.get("stage_seconds", {})), **timings}
+    gen = {**prev.get("facts", {}).get("generation", {}), **facts.get("generation", {})}
+    return seconds, {**facts, "generation": gen} if gen else facts
 
 
 def training_rows(facts: dict) -> list[dict]:
@@ -216,12 +221,13 @@ def run(cfg, out: Path) -> int:
                               "suite": suite} for it, a in zip(ans["items"], ans[who])])
     write_csv(out / f"{stem}_training.csv", training_rows(pipe.facts), TRAINING_COLUMNS)
     prov_path = out / f"{stem}.provenance.json"
+    seconds, facts = keep_earlier(earlier_provenance(prov_path, cfg), pipe.timings, pipe.run_facts())
     provenance = {
         "command": sys.argv, "started_utc": started, "wall_seconds": round(time.time() - t0, 1),
         "git_sha": sha, "versions": versions(), "device": device_facts(),
         "seed": cfg.seed, "config_hash": cfg.fingerprint(), "config": cfg.to_dict(),
-        "stage_seconds": pipe.timings, "stage_seconds_last_ran": stage_seconds_last_ran(prov_path, cfg, pipe.timings),
-        "facts": pipe.run_facts(),
+        "stage_seconds": pipe.timings, "stage_seconds_last_ran": seconds,
+        "facts": facts,
         "judges": {j: f.get("identity") for j, f in pipe.facts.get("judges", {}).items()},
         "models": {k: str(v) for k, v in models.items()},
         "reconstructed": "daDPO objective and several settings are reconstructions (METHOD.md); "

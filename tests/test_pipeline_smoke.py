@@ -38,6 +38,7 @@ def test_table1_smoke_end_to_end_then_cached(tmp_path):
     assert "train:" not in out2 and "generate:" not in out2 and "prune" not in out2, out2
     prov = json.loads((tmp_path / "results" / "table1_smoke.provenance.json").read_text())
     assert "train:sft" not in prov["stage_seconds"] and prov["stage_seconds_last_ran"]["train:sft"] > 0
+    assert prov["facts"]["generation"]["teacher/train"]["new_tokens"] > 0  # kept from the first run
     # reference scores in the trainer's numerics: dDPO starts at exactly log 2
     training = list(csv.DictReader(open(tmp_path / "results" / "table1_smoke_training.csv")))
     step1 = {r["method"]: r for r in training if r["step"] == "1"}
