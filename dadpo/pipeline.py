@@ -173,7 +173,6 @@ class Pipeline:
             return str(out / "model")
         tok = self.tokenizer
         examples = encode_rows(tok, rows, cfg.train.max_len, cfg.data.max_prompt_tokens)
-        scorer_dtype = pick_dtype(cfg.models.dtype, "inference")
         for what, path in needs:  # precompute with frozen models, one at a time
             with self.stage(f"precompute:{what}"):
                 if what in ("ref", "te"):
@@ -185,7 +184,7 @@ class Pipeline:
                         attach_sequence_scores(examples, frozen, fingerprint(path), tok.pad_token_id, what,
                                                cfg.generation.batch_size, cfg.train.logit_chunk)
                 else:  # top-k teacher distributions for KD
-                    frozen = load_model(path, scorer_dtype, cfg.models.trust_remote_code)
+                    frozen = load_model(path, pick_dtype(cfg.models.dtype, "inference"), cfg.models.trust_remote_code)
                     answers = ("chosen", "rejected") if what == "topk2" else ("chosen",)
                     rep = attach_teacher_topk(examples, frozen, fingerprint(path), tok.pad_token_id,
                                               objective.top_k, objective.kd_temperature,

@@ -144,8 +144,7 @@ class Trainer:
             raise ValueError(f"DeepSpeed ZeRO stage {stage} is not supported (the trainer saves the unwrapped "
                              "model); use ZeRO-2 (reproduce/configs/accelerate/deepspeed_zero2.yaml) or FSDP")
         ds["train_micro_batch_size_per_gpu"] = train_cfg.per_device_batch
-        ds["gradient_accumulation_steps"] = self.accum
-        ds["train_batch_size"] = train_cfg.global_batch
+        ds["gradient_accumulation_steps"] = self.accum  # accelerate derives train_batch_size from these
         ds["gradient_clipping"] = train_cfg.max_grad_norm
         self.acc.gradient_accumulation_steps = self.accum
 

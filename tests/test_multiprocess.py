@@ -25,6 +25,11 @@ def _run(cmd, env):
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def _losses_and_norms(folder):
+    recs = [json.loads(l) for l in open(folder / "log.jsonl")]
+    return [r["loss"] for r in recs], [r["grad_norm"] for r in recs]
+
+
 @pytest.mark.parametrize("method", ["sft", "dadpo"])
 def test_two_processes_match_one_with_double_accumulation(tmp_path, method):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -36,15 +41,9 @@ def test_two_processes_match_one_with_double_accumulation(tmp_path, method):
                 str(SCRIPT), str(tmp_path / "two"), method, "2"], env)
     assert (one["processes"], one["accumulation"]) == (1, 4)
     assert (two["processes"], two["accumulation"]) == (2, 2)
-    la = [json.loads(l)["loss"] for l in open(tmp_path / "one" / "log.jsonl")]
-    lb = [json.loads(l)["loss"] for l in open(tmp_path / "two" / "log.jsonl")]
+    (la, _), (lb, _) = _losses_and_norms(tmp_path / "one"), _losses_and_norms(tmp_path / "two")
     assert len(la) == len(lb) == 4
     assert la == pytest.approx(lb, rel=1e-5)
-
-
-def _losses_and_norms(folder):
-    recs = [json.loads(l) for l in open(folder / "log.jsonl")]
-    return [r["loss"] for r in recs], [r["grad_norm"] for r in recs]
 
 
 @pytest.mark.slow
