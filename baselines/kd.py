@@ -13,7 +13,7 @@ gradient-scale correction): the trainer may do so. The loss is the mean over mas
 
 Two teacher forms:
   (a) full teacher logits [..., V] (online teacher): the divergence is over the whole vocabulary;
-  (b) a cached `TopKTail(logprobs, ids, tail)` from `dadpo.logprobs.topk_with_tail`: the student is
+  (b) a cached `TopKTail(logprobs, ids, tail)` from `baselines.numerics.topk_with_tail`: the student is
       restricted to the same k ids plus one tail bucket (student tail = 1 - sum of its probs on
       those ids), and the divergence is over those k + 1 buckets. Merging vocabulary entries into
       a bucket can only lower an f-divergence (data processing inequality), so the cached value is
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from dadpo.logprobs import LOG_FLOOR, _MASKED, _acc_dtype, _chunks
+from baselines.numerics import LOG_FLOOR, MASKED, acc_dtype, chunks
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl")
 
@@ -109,21 +109,21 @@ def divergence_from_logprobs(lp: torch.Tensor, lq: torch.Tensor, divergence: str
 # --- chunk kernels (run under checkpoint) -------------------------------------------------------
 
 def _full_chunk(student_logits, teacher_logits, idx, divergence, temperature, lam, alpha):
-    acc = _acc_dtype(student_logits.dtype)
+    acc = acc_dtype(student_logits.dtype)
     lq = F.log_softmax(student_logits[idx].to(acc) / temperature, dim=-1)
     lp = F.log_softmax(teacher_logits[idx].to(acc) / temperature, dim=-1)
     return divergence_from_logprobs(lp, lq, divergence, lam, alpha).sum()
 
 
 def _topk_chunk(student_logits, t_lp, t_ids, t_tail, idx, divergence, temperature, lam, alpha):
-    acc = _acc_dtype(student_logits.dtype)
+    acc = acc_dtype(student_logits.dtype)
     s = student_logits[idx].to(acc) / temperature  # [c, V]
     ids = t_ids[idx].long()  # [c, k]
     lse = torch.logsumexp(s, dim=-1, keepdim=True)
     lq_top = s.gather(-1, ids) - lse
     # student tail = logsumexp over the ids NOT in the teacher's top-k; the scatter routes no
     # gradient to the top-k entries, and the finite fill keeps k = V (empty tail) NaN-free
-    lq_tail = torch.logsumexp(s.scatter(-1, ids, _MASKED), dim=-1) - lse.squeeze(-1)
+    lq_tail = torch.logsumexp(s.scatter(-1, ids, MASKED), dim=-1) - lse.squeeze(-1)
     lq = torch.cat([lq_top, lq_tail.clamp_min(LOG_FLOOR).unsqueeze(-1)], dim=-1)
     lp = torch.cat([t_lp[idx].to(acc), t_tail[idx].to(acc).unsqueeze(-1)], dim=-1)
     return divergence_from_logprobs(lp, lq, divergence, lam, alpha).sum()
@@ -169,12 +169,12 @@ def kd_divergence_sum(student_logits: torch.Tensor, mask: torch.Tensor, divergen
     n = int(index[0].numel())
     if teacher_topk is not None and n and int(teacher[1][index].max()) >= V:
         raise ValueError(f"kd: cached teacher ids reach {int(teacher[1][index].max())} >= student vocabulary {V}")
-    acc = _acc_dtype(student_logits.dtype)
+    acc = acc_dtype(student_logits.dtype)
     if n == 0:  # a zero that still sits on the student graph, so backward() works on an empty batch
         return (student_logits.sum() * 0).to(acc), 0
     total = torch.zeros((), dtype=acc, device=student_logits.device)
     use_ckpt = torch.is_grad_enabled() and student_logits.requires_grad
-    for idx in _chunks(index, chunk_size):
+    for idx in chunks(index, chunk_size):
         args = (student_logits, *teacher, idx, divergence, float(temperature), float(lam), float(alpha))
         total = total + (checkpoint(kernel, *args, use_reentrant=False) if use_ckpt else kernel(*args))
     return total, n

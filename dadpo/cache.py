@@ -21,10 +21,36 @@ ENV_CACHE = "DADPO_CACHE"
 
 
 def cache_root() -> Path:
-    """User cache directory; `DADPO_CACHE` moves it."""
+    """The default cache directory (entry points only): `DADPO_CACHE`, else ~/.cache/dadpo."""
     root = os.environ.get(ENV_CACHE) or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "dadpo")
     return Path(root)
+
+
+class Cache:
+    """One cache folder, passed explicitly to every stage that stores results.
+
+    Entries live at `<root>/<kind>/<kind>-<hash of the key>` (a key is any JSON-able object naming
+    the inputs). `lock(path)` serialises the computation of one entry across processes: a second
+    run waits for the first and then finds the entry done instead of computing it twice."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @classmethod
+    def default(cls) -> "Cache":
+        return cls(cache_root())
+
+    def path(self, kind: str, key: Any, suffix: str = "", n: int = 20) -> Path:
+        return safe_join(self.root, kind, f"{kind}-{stable_hash(key, n)}{suffix}")
+
+    def lock(self, path: str | Path, timeout_s: float = -1):
+        """A cross-process lock for the entry at `path` (filelock; released if the holder dies)."""
+        from filelock import FileLock
+
+        lock_file = self.root / "locks" / f"{stable_hash(str(path), 24)}.lock"
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(lock_file), timeout=timeout_s)
 
 
 def stable_hash(obj: Any, n: int = 16) -> str:
@@ -41,6 +67,13 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -68,6 +101,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600: a cache shared between users needs the umask's mode
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -85,6 +119,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)
     try:
         yield tmp
         if path.exists():

@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from dadpo.cache import cache_root, read_json, safe_join, stable_hash, write_json
+from dadpo.cache import Cache, read_json, safe_join, stable_hash, write_json
 from dadpo.chat import encode_prompt, end_of_turn_ids, pad_batch
 
 
@@ -27,21 +28,29 @@ class Sampling:
     seed: int = 0
 
 
-def cache_file(model_fp: str, tokenizer, sampling: Sampling):
+def cache_file(cache: Cache, model_fp: str, tokenizer, sampling: Sampling) -> Path:
+    """The answer file of one model under one chat template and decoding setting."""
     template = hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest()[:12]
     key = stable_hash({"model": model_fp, "template": template, "sampling": asdict(sampling)})
-    return safe_join(cache_root(), "generations", f"{key}.json")
+    return safe_join(cache.root, "generations", f"{key}.json")
 
 
 def _prompt_key(prompt: str) -> str:
     return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:32]
 
 
+def cached_answers(path: Path, prompts: list[str]) -> list[str] | None:
+    """The cached answers to `prompts` in `path`, or None if any is missing (no model needed)."""
+    store = read_json(path) or {}
+    keys = [_prompt_key(p) for p in prompts]
+    return [store[k] for k in keys] if all(k in store for k in keys) else None
+
+
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], sampling: Sampling, model_fp: str,
+def generate(model, tokenizer, prompts: list[str], sampling: Sampling, path: Path,
              batch_size: int = 16, desc: str = "generate") -> tuple[list[str], dict]:
-    """Answers for `prompts` (cached), and stats: generated tokens, seconds, cache hits."""
-    path = cache_file(model_fp, tokenizer, sampling)
+    """Answers for `prompts`, cached in the answer file `path` (see cache_file), and stats:
+    generated tokens, seconds, cache hits."""
     store: dict = read_json(path) or {}
     # (length, text): ties in length must not be ordered by the process's string-hash seed
     todo = sorted({p for p in prompts if _prompt_key(p) not in store}, key=lambda p: (len(p), p))

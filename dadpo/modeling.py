@@ -1,14 +1,23 @@
-"""Loading models and tokenizers, devices and dtypes, and model fingerprints for cache keys."""
+"""The one model loader (with the loading policy), devices and dtypes, and model fingerprints.
+
+Every caller that needs weights goes through `load_pretrained` (or `load_model` for causal LMs):
+local folders (ours: converted, pruned, trained) load from safetensors only, so a pickled
+`pytorch_model.bin` is never opened; model code shipped in a folder runs only when the caller says
+`trust_remote_code=True`; a load failure is one line, not a traceback. `LOADS` counts loads, so a test
+can prove that a cached re-run loads no model at all.
+"""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+from collections import Counter
 from pathlib import Path
 
 import torch
 
-from dadpo.cache import cache_root, read_json, stable_hash, write_json
+from dadpo.cache import Cache, read_json, stable_hash, write_json
+
+LOADS: Counter = Counter()  # models loaded in this process, by class name
 
 
 def device() -> torch.device:
@@ -16,7 +25,7 @@ def device() -> torch.device:
 
 
 def pick_dtype(name: str, purpose: str = "train") -> torch.dtype:
-    """`auto`: bf16 on GPU; on CPU bf16 for inference (2-3x faster there, ASSETS.md), fp32 for training."""
+    """`auto`: bf16 on GPU; on CPU bf16 for inference (2-3x faster there), fp32 for training."""
     if name == "bfloat16":
         return torch.bfloat16
     if name == "float32":
@@ -45,64 +54,65 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
     return tok
 
 
-def load_model(spec: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
-               on: torch.device | None = None):
-    from transformers import AutoModelForCausalLM
-
-    path = resolve(spec, trust_remote_code)
+def load_pretrained(cls, spec: str, trust_remote_code: bool = False, **kwargs):
+    """`cls.from_pretrained` under the suite's loading policy (see the module docstring)."""
     if not spec.startswith("offline:") and os.path.sep in spec and not Path(spec).exists():
         raise FileNotFoundError(f"model path not found: {spec}")
-    # Local folders (ours: converted, pruned, trained) load from safetensors only: a pickled
-    # pytorch_model.bin is never opened. Hub ids keep transformers' default (safetensors first).
+    path = resolve(spec, trust_remote_code)
     local = Path(path).is_dir()
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
-                                                     use_safetensors=True if local else None)
+        model = cls.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                    use_safetensors=True if local else None, **kwargs)
     except (OSError, ValueError, RuntimeError):
         raise
     except Exception as e:  # noqa: BLE001 - e.g. SafetensorError on damaged weights: one line, not a traceback
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise OSError(f"cannot load model {path}: {type(e).__name__}: {first}") from e
-    return model.to(on or device())
+    LOADS[cls.__name__] += 1
+    return model
 
 
-def _weights_digest(folder: Path) -> str:
+def load_model(spec: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
+               on: torch.device | None = None):
+    """A causal LM in `dtype` on `on` (default: the GPU if there is one)."""
+    from transformers import AutoModelForCausalLM
+
+    return load_pretrained(AutoModelForCausalLM, spec, trust_remote_code, dtype=dtype).to(on or device())
+
+
+# The files that make a model's identity: its weights and the config that shapes them (a generation
+# config sets the end-of-turn ids). Nothing else: bookkeeping files beside the weights would give the
+# same weights a different identity on every machine.
+_IDENTITY_FILES = ("config.json", "generation_config.json")
+_MEMO: dict = {}
+
+
+def _weights_digest(folder: Path, cache: Cache | None) -> str:
     """sha256 over a folder's weight and config files, memoised by (path, size, mtime)."""
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".json", ".bin") and p.is_file())
+    files = sorted(p for p in folder.iterdir() if p.is_file() and (p.suffix == ".safetensors"
+                                                                   or p.name in _IDENTITY_FILES))
     stat_key = stable_hash([[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files], 32)
-    memo = cache_root() / "fingerprints" / f"{stat_key}.json"
-    if (hit := read_json(memo)) is not None:
-        return hit["digest"]
+    memo = cache.root / "fingerprints" / f"{stat_key}.json" if cache is not None else None
+    if stat_key in _MEMO:
+        return _MEMO[stat_key]
+    if memo is not None and (hit := read_json(memo)) is not None:
+        return _MEMO.setdefault(stat_key, hit["digest"])
     h = hashlib.sha256()
     for p in files:
         h.update(p.name.encode())
         with open(p, "rb") as f:
             while block := f.read(1 << 22):
                 h.update(block)
-    digest = h.hexdigest()[:24]
-    write_json(memo, {"digest": digest, "files": [p.name for p in files]})
+    digest = _MEMO[stat_key] = h.hexdigest()[:24]
+    if memo is not None:
+        write_json(memo, {"digest": digest, "files": [p.name for p in files]})
     return digest
 
 
-def fingerprint(spec: str, trust_remote_code: bool = False) -> str:
-    """Identity of a model's weights for cache keys: content hash for folders, the id for hub models."""
+def fingerprint(spec: str, cache: Cache | None = None, trust_remote_code: bool = False) -> str:
+    """Identity of a model's weights for cache keys: content hash for folders, the id for hub models.
+    With a cache, the hash is memoised there by (path, size, mtime) across processes."""
     path = Path(resolve(spec, trust_remote_code))
     if path.is_dir():
-        return _weights_digest(path)
+        return _weights_digest(path, cache)
     return "hub:" + spec
-
-
-def model_facts(model) -> dict:
-    """Facts recorded in provenance: parameter count, layers, vocabulary rows, architecture."""
-    cfg = model.config
-    return {
-        "architecture": (cfg.architectures or [type(model).__name__])[0],
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "layers": getattr(cfg, "num_hidden_layers", None),
-        "vocab_rows": model.get_input_embeddings().weight.shape[0],
-        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-    }
-
-
-def json_dump(obj) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True, default=str)

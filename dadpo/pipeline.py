@@ -1,17 +1,21 @@
-"""The whole experiment for one config, as cached stages (DESIGN.md's data flow).
+"""The experiment of one config up to every trained model and its evaluation answers, as cached stages.
 
     assets -> student init (pruned or as is) -> teacher answers -> dSFT -> student answers
     -> precompute (pi_ref, pi_te sequence log-probs; teacher top-k) -> train each method
-    -> answers on every eval suite -> judge vs teacher (both orders) -> metrics
+    -> answers of every model on every eval suite
 
-Every stage's output lands in the cache under a key derived from its inputs (model fingerprints,
-prompt ids, the settings it reads), so re-running skips finished stages and changing one setting
-recomputes only what depends on it. Models are loaded when a stage needs them and freed after.
+(docs/method.md#pipeline). Judging those answers is the evaluation layer's job (evals.judge_all); the
+entry points in reproduce/ run both. Every stage's output lands in the cache under a key derived
+from its inputs (model fingerprints, prompt ids, the settings it reads), so re-running skips finished
+stages, changing one setting recomputes only what depends on it, and a cached re-run loads no model.
+A lock per cache entry makes a second process wait for an entry another one is computing and then
+reuse it. Models are loaded when a stage needs them and freed after.
 """
 from __future__ import annotations
 
 import gc
 import json
+import shutil
 import time
 import warnings
 from contextlib import contextmanager
@@ -21,11 +25,18 @@ from pathlib import Path
 
 import torch
 
-from dadpo.cache import cache_root, read_json, safe_join, stable_hash, write_json
+from dadpo.cache import Cache, load_tensors, read_json, save_tensors, stable_hash, write_json
 from dadpo.chat import check_tokenizers
 from dadpo.config import ExperimentConfig
-from dadpo.generation import Sampling, generate
-from dadpo.modeling import device, fingerprint, load_model, load_tokenizer, pick_dtype, resolve
+from dadpo.examples import answers_of, attach_sequence_scores, attach_teacher_topk, encode_rows
+from dadpo.generation import Sampling, cache_file, cached_answers, generate
+from dadpo.methods import Method, build_method
+from dadpo.modeling import fingerprint, load_model, load_tokenizer, pick_dtype, resolve
+from dadpo.precompute import score_key, sequence_logprobs, teacher_topk
+from dadpo.trainer import CheckpointError, Trainer
+
+# Which frozen model each kind of precomputed score comes from (see Method.scores).
+SCORE_SOURCES = {"ref": "dsft", "te": "teacher", "topk": "teacher", "topk2": "teacher"}
 
 
 def _free(*models) -> None:
@@ -36,12 +47,20 @@ def _free(*models) -> None:
         torch.cuda.empty_cache()
 
 
+def _trainer_numerics() -> str:
+    """How the trainer computes log-probs: fp32 weights, bf16 autocast on a GPU."""
+    return "torch.float32+autocast-bf16" if torch.cuda.is_available() else "torch.float32"
+
+
 class Pipeline:
-    def __init__(self, cfg: ExperimentConfig, log=print):
+    def __init__(self, cfg: ExperimentConfig, cache: Cache, log=print):
         self.cfg = cfg
+        self.cache = cache
         self.log = log
         self.timings: dict[str, float] = {}
         self.facts: dict = {}
+        self.training_logs: dict[str, list] = {}
+        self._dsft: dict[int, str] = {}
 
     # --- bookkeeping -------------------------------------------------------------------------
     @contextmanager
@@ -53,26 +72,21 @@ class Pipeline:
         self.timings[name] = round(self.timings.get(name, 0.0) + dt, 2)
         self.log(f"[{self.cfg.setting}/{self.cfg.scale}] {name} done in {dt:.1f}s")
 
-    def _dir(self, kind: str, key_obj) -> Path:
-        return safe_join(cache_root(), kind, f"{kind}-{stable_hash(key_obj, 20)}")
-
-    @staticmethod
-    def _sealed(folder: Path, record: Path) -> bool:
+    def _sealed(self, folder: Path, record: Path) -> bool:
         """True when `folder` is a finished model: its checksummed `record` (written after the folder)
         exists and the folder's content fingerprint equals the one recorded. A folder whose content
-        changed is reported and recomputed. Records written before fingerprints were kept get one."""
+        changed is reported and recomputed."""
         rec = read_json(record)
         if rec is None or not (folder / "config.json").is_file():
             return False
-        fp = fingerprint(str(folder))
-        if "model_fingerprint" not in rec:
-            write_json(record, {**rec, "model_fingerprint": fp})
-            return True
-        if rec["model_fingerprint"] == fp:
+        if rec.get("model_fingerprint") == fingerprint(str(folder), self.cache):
             return True
         warnings.warn(f"cache entry {folder} is corrupted (its content differs from the recorded fingerprint); "
                       "recomputing", stacklevel=2)
         return False
+
+    def fp(self, path: str) -> str:
+        return fingerprint(path, self.cache, self.cfg.models.trust_remote_code)
 
     # --- assets and data -----------------------------------------------------------------------
     @cached_property
@@ -84,10 +98,6 @@ class Pipeline:
     def tokenizer(self):
         """The teacher's tokenizer and chat template, used for both models."""
         return load_tokenizer(self.teacher_path, self.cfg.models.trust_remote_code)
-
-    @cached_property
-    def teacher_fp(self) -> str:
-        return fingerprint(self.teacher_path)
 
     @cached_property
     def split(self):
@@ -110,16 +120,20 @@ class Pipeline:
         train, test = self.split
         calib = list(train["prompt"][: m.prune.calibration_prompts])
         held = list(zip(test["prompt"][:16], test["reference"][:16]))
-        out = self._dir("pruned", {"base": fingerprint(base), "prune": asdict(m.prune), "calib": calib,
-                                   "held": [h[0] for h in held]})
+        out = self.cache.path("pruned", {"base": self.fp(base), "prune": asdict(m.prune), "calib": calib,
+                                         "held": [h[0] for h in held]})
         if not self._sealed(out, report_path(out)):
-            with self.stage("prune"):
-                rep = make_pruned_student(base, str(out), m.prune.target_share, m.prune.method, calib, held)
-                write_json(report_path(out), {**rep, "model_fingerprint": fingerprint(str(out))})
-        self.facts["prune"] = read_json(report_path(out))
+            with self.cache.lock(out):
+                if not self._sealed(out, report_path(out)):  # another process may have made it meanwhile
+                    with self.stage("prune"):
+                        rep = make_pruned_student(base, str(out), m.prune.target_share, m.prune.method, calib, held)
+                        write_json(report_path(out), {**rep, "model_fingerprint": self.fp(str(out))})
+        self.facts["prune"] = {k: v for k, v in read_json(report_path(out)).items() if k not in ("teacher", "out_dir")}
         return str(out)
 
-    def check_tokenizers(self) -> dict:
+    @cached_property
+    def tokenizer_check(self) -> dict:
+        """Teacher and student must share a tokenizer (white-box distillation); checked once."""
         from transformers import AutoConfig
 
         trust = self.cfg.models.trust_remote_code
@@ -131,121 +145,160 @@ class Pipeline:
         return rep
 
     # --- generation ----------------------------------------------------------------------------
-    def sampling(self, greedy: bool = False, max_new_tokens: int | None = None) -> Sampling:
+    def sampling(self, greedy: bool = False, max_new_tokens: int | None = None, seed: int | None = None) -> Sampling:
         g = self.cfg.generation
         return Sampling(temperature=0.0 if greedy else g.temperature, top_p=g.top_p,
                         max_new_tokens=max_new_tokens or g.max_new_tokens,
-                        max_prompt_tokens=self.cfg.data.max_prompt_tokens, seed=self.cfg.seed)
+                        max_prompt_tokens=self.cfg.data.max_prompt_tokens,
+                        seed=self.cfg.seed if seed is None else seed)
 
     def answers(self, model_path: str, prompts: list[str], sampling: Sampling, name: str) -> list[str]:
         """Answers of a model (cached); the model is loaded only if some answer is missing."""
-        from dadpo.generation import _prompt_key, cache_file
-
-        fp = fingerprint(model_path)
-        store = read_json(cache_file(fp, self.tokenizer, sampling)) or {}
-        if all(_prompt_key(p) in store for p in prompts):
-            return [store[_prompt_key(p)] for p in prompts]
-        with self.stage(f"generate:{name}"):
-            model = load_model(model_path, pick_dtype(self.cfg.generation.dtype, "inference"),
-                               self.cfg.models.trust_remote_code)
-            out, stats = generate(model, self.tokenizer, prompts, sampling, fp,
-                                  self.cfg.generation.batch_size, desc=f"answers {name}")
-            _free(model)
-        self.facts.setdefault("generation", {})[name] = stats
-        return out
+        fp = self.fp(model_path)
+        path = cache_file(self.cache, fp, self.tokenizer, sampling)
+        hit = cached_answers(path, prompts)
+        if hit is None:
+            with self.cache.lock(path):
+                if (hit := cached_answers(path, prompts)) is None:
+                    with self.stage(f"generate:{name}"):
+                        model = load_model(model_path, pick_dtype(self.cfg.generation.dtype, "inference"),
+                                           self.cfg.models.trust_remote_code)
+                        hit, stats = generate(model, self.tokenizer, prompts, sampling, path,
+                                              self.cfg.generation.batch_size, desc=f"answers {name}")
+                        _free(model)
+                    self.facts.setdefault("generation", {})[name] = stats
+        return hit
 
     # --- training ------------------------------------------------------------------------------
-    def _train(self, method: str, init_path: str, rows: list[dict], objective=None, name: str | None = None,
-               needs=()) -> str:
-        """Train `method` from `init_path` on `rows`; returns the trained model folder (cached)."""
-        from dadpo.examples import attach_sequence_scores, attach_teacher_topk, encode_rows
-        from dadpo.trainer import Trainer
+    def _scores(self, what: str, model_path: str, examples: list[dict], method: Method, name: str) -> None:
+        """Attach precomputed frozen-model scores of kind `what` to `examples` (cached; the frozen
+        model is loaded only when the cache misses)."""
+        cfg, tok, fp = self.cfg, self.tokenizer, self.fp(model_path)
+        if what in ("ref", "te"):
+            # in the trainer's numerics: these enter the margin beside the policy's, and at step 0 the
+            # policy's log-probs must equal pi_ref's exactly (dDPO's first loss is then log 2)
+            enc = answers_of(examples)
+            key = score_key("seqlp", fp, enc, numerics=_trainer_numerics())
+            path = self.cache.path("scores", key, ".safetensors", 24)
 
-        cfg = self.cfg
-        objective = objective or cfg.objective
-        name = name or method
-        key = {"method": method, "init": fingerprint(init_path), "rows": stable_hash(rows, 24),
-               "train": asdict(cfg.train), "objective": asdict(objective), "seed": cfg.seed,
-               "needs": [(n, fingerprint(p)) for n, p in needs], "score_numerics": "trainer"}
-        out = self._dir("train", key)
-        if self._sealed(out / "model", out / "result.json"):
-            self._record_training(name, out)
-            return str(out / "model")
-        tok = self.tokenizer
-        examples = encode_rows(tok, rows, cfg.train.max_len, cfg.data.max_prompt_tokens)
-        for what, path in needs:  # precompute with frozen models, one at a time
-            with self.stage(f"precompute:{what}"):
-                if what in ("ref", "te"):
-                    # sequence scores in the trainer's numerics (fp32 weights, bf16 autocast on GPU):
-                    # they enter the margin beside the policy's, and at step 0 the policy's log-probs
-                    # must equal pi_ref's exactly (dDPO's first loss is then log 2)
-                    frozen = load_model(path, torch.float32, cfg.models.trust_remote_code)
-                    with torch.autocast("cuda", torch.bfloat16, enabled=frozen.device.type == "cuda"):
-                        attach_sequence_scores(examples, frozen, fingerprint(path), tok.pad_token_id, what,
-                                               cfg.generation.batch_size, cfg.train.logit_chunk)
-                else:  # top-k teacher distributions for KD
-                    frozen = load_model(path, pick_dtype(cfg.models.dtype, "inference"), cfg.models.trust_remote_code)
-                    answers = ("chosen", "rejected") if what == "topk2" else ("chosen",)
-                    rep = attach_teacher_topk(examples, frozen, fingerprint(path), tok.pad_token_id,
-                                              objective.top_k, objective.kd_temperature,
-                                              cfg.generation.batch_size, len(tok), answers)
-                    self.facts.setdefault("topk_cache", {})[name] = rep
+            def compute():
+                frozen = load_model(model_path, torch.float32, cfg.models.trust_remote_code)
+                with torch.autocast("cuda", torch.bfloat16, enabled=frozen.device.type == "cuda"):
+                    out = sequence_logprobs(frozen, enc, tok.pad_token_id, cfg.generation.batch_size,
+                                            cfg.train.logit_chunk, desc=f"score {what}")
                 _free(frozen)
-        with self.stage(f"train:{name}"):
-            model = load_model(init_path, torch.float32, cfg.models.trust_remote_code)
-            trainer = Trainer(model, tok, method, cfg.train, objective, out, seed=cfg.seed)
-            result = trainer.train(examples)
-            write_json(out / "result.json", {**asdict(result), "model_fingerprint": fingerprint(str(out / "model"))})
-            _free(model, trainer)
-        self._record_training(name, out)
+                return out
+
+            attach_sequence_scores(examples, self._cached_tensors(path, compute, f"precompute:{what}"), what)
+            return
+        dtype = pick_dtype(cfg.models.dtype, "inference")
+        report = {}
+        for answer in ("chosen", "rejected") if what == "topk2" else ("chosen",):
+            enc = [e[answer] for e in examples]
+            key = score_key("topk", fp, enc, k=method.top_k, t=method.kd_temperature, vocab=len(tok), dtype=str(dtype))
+            path = self.cache.path("scores", key, ".safetensors", 24)
+
+            def compute():
+                frozen = load_model(model_path, dtype, cfg.models.trust_remote_code)
+                out = teacher_topk(frozen, enc, tok.pad_token_id, method.top_k, method.kd_temperature,
+                                   cfg.generation.batch_size, len(tok), desc=f"teacher top-{method.top_k} ({answer})")
+                _free(frozen)
+                return out
+
+            report[answer] = attach_teacher_topk(examples, self._cached_tensors(path, compute, f"precompute:{what}"),
+                                                 answer)
+        self.facts.setdefault("topk_cache", {})[name] = report
+
+    def _cached_tensors(self, path: Path, compute, stage: str) -> dict:
+        if (hit := load_tensors(path)) is not None:
+            return hit
+        with self.cache.lock(path):
+            if (hit := load_tensors(path)) is not None:
+                return hit
+            with self.stage(stage):
+                out = compute()
+                save_tensors(path, out)
+        return out
+
+    def _train(self, method: Method, init_path: str, rows: list[dict], name: str, seed: int) -> str:
+        """Train `method` from `init_path` on `rows`; returns the trained model folder (cached)."""
+        cfg = self.cfg
+        sources = {"dsft": lambda: self.dsft(seed), "teacher": lambda: self.teacher_path}
+        needs = [(what, sources[SCORE_SOURCES[what]]()) for what in method.scores]
+        key = {"method": method.name, "init": self.fp(init_path), "rows": stable_hash(rows, 24),
+               "train": asdict(cfg.train), "objective": method.settings, "seed": seed,
+               "needs": [(n, self.fp(p)) for n, p in needs], "score_numerics": "trainer"}
+        out = self.cache.path("train", key)
+        if not self._sealed(out / "model", out / "result.json"):
+            with self.cache.lock(out):
+                if not self._sealed(out / "model", out / "result.json"):
+                    self._run_training(method, init_path, rows, name, seed, needs, out)
+        res = read_json(out / "result.json")
+        self.training_logs[name] = res.pop("log", [])
+        res.pop("model_dir", None)  # a path of this machine; the model's identity is its fingerprint
+        self.facts.setdefault("training", {})[name] = res
         return str(out / "model")
 
-    def _record_training(self, name: str, out: Path) -> None:
-        res = read_json(out / "result.json") or {}
-        res["log_file"] = str(out / "log.jsonl")
-        self.facts.setdefault("training", {})[name] = res
+    def _run_training(self, method: Method, init_path: str, rows: list[dict], name: str, seed: int,
+                      needs: list, out: Path) -> None:
+        cfg, tok = self.cfg, self.tokenizer
+        examples = encode_rows(tok, rows, cfg.train.max_len, cfg.data.max_prompt_tokens)
+        for what, path in needs:  # precompute with frozen models, one at a time
+            self._scores(what, path, examples, method, name)
+        with self.stage(f"train:{name}"):
+            for attempt in (1, 2):
+                model = load_model(init_path, torch.float32, cfg.models.trust_remote_code)
+                trainer = Trainer(model, tok, method, cfg.train, out, seed=seed)
+                try:
+                    result = trainer.train(examples)
+                    break
+                except CheckpointError as e:
+                    if attempt == 2:
+                        raise
+                    warnings.warn(f"{e}; training {name} from the start", stacklevel=2)
+                    shutil.rmtree(out / "checkpoint", ignore_errors=True)
+                    _free(model, trainer)
+            write_json(out / "result.json", {**asdict(result), "model_fingerprint": self.fp(str(out / "model"))})
+            _free(model, trainer)
 
-    def train_rows(self, with_rejected: bool) -> list[dict]:
+    def train_rows(self, with_rejected: bool, seed: int) -> list[dict]:
+        """Training prompts with the teacher's answer (data: shared by every seed) and, for the DPO
+        family, the student's sampled answer (drawn with the training seed)."""
         train, _ = self.split
         prompts = list(train["prompt"])
         chosen = self.answers(self.teacher_path, prompts, self.sampling(), "teacher/train")
         rows = [{"id": i, "prompt": p, "chosen": c} for i, p, c in zip(train["id"], prompts, chosen)]
         if with_rejected:
-            sampler = self.dsft if self.cfg.generation.student_sampler == "dsft" else self.student_init
-            rejected = self.answers(sampler, prompts, self.sampling(), "student/train")
+            sampler = self.dsft(seed) if self.cfg.generation.student_sampler == "dsft" else self.student_init
+            rejected = self.answers(sampler, prompts, self.sampling(seed=seed), self._named("student/train", seed))
             for r, y in zip(rows, rejected):
                 r["rejected"] = y
         return rows
 
-    @cached_property
-    def dsft(self) -> str:
+    def _named(self, name: str, seed: int) -> str:
+        return name if seed == self.cfg.seed else f"{name}@seed={seed}"
+
+    def dsft(self, seed: int | None = None) -> str:
         """pi_dSFT: the student fine-tuned on teacher answers; also the DPO family's reference."""
-        self.check_tokenizers()
-        return self._train("sft", self.student_init, self.train_rows(False))
+        seed = self.cfg.seed if seed is None else seed
+        if seed not in self._dsft:
+            self._dsft[seed] = self.trained("sft", seed=seed)
+        return self._dsft[seed]
 
-    def trained(self, row: str, beta2: float | None = None) -> str:
-        """The model folder for a table row: student (untrained), sft, kd, ddpo, dadpo, dadpo_token."""
-        if row == "student":  # untrained, but evaluated with the teacher's tokenizer: check it first
-            self.check_tokenizers()
+    def trained(self, row: str, beta2: float | None = None, seed: int | None = None) -> str:
+        """The model folder for a table row: "student" (untrained) or a method of dadpo.methods;
+        `beta2` overrides daDPO's teacher weight (the sweep), `seed` the training seed."""
+        seed = self.cfg.seed if seed is None else seed
+        _ = self.tokenizer_check  # the untrained student is evaluated with the teacher's tokenizer too
+        if row == "student":
             return self.student_init
-        if row == "sft":
-            return self.dsft
-        if row == "kd":  # KD-only starts from the student, on teacher answers
-            self.check_tokenizers()
-            return self._train("kd", self.student_init, self.train_rows(False), needs=[("topk", self.teacher_path)])
-        rows = self.train_rows(True)
-        needs = [("ref", self.dsft)]
-        if row == "ddpo":
-            return self._train("ddpo", self.dsft, rows, needs=needs)
-        if row == "dadpo":
-            obj = self.cfg.objective if beta2 is None else replace(self.cfg.objective, beta2=float(beta2))
-            name = "dadpo" if beta2 is None else f"dadpo_beta2={beta2:g}"
-            return self._train("dadpo", self.dsft, rows, obj, name, needs + [("te", self.teacher_path)])
-        if row == "dadpo_token":
-            return self._train("dadpo_token", self.dsft, rows, needs=needs + [("topk2", self.teacher_path)])
-        raise ValueError(f"unknown row {row!r}")
+        objective = self.cfg.objective if beta2 is None else replace(self.cfg.objective, beta2=float(beta2))
+        method = build_method(row, objective)
+        name = self._named(row if beta2 is None else f"{row}_beta2={beta2:g}", seed)
+        init = self.dsft(seed) if method.start == "dsft" else self.student_init
+        return self._train(method, init, self.train_rows("rejected" in method.answers, seed), name, seed)
 
-    # --- evaluation ----------------------------------------------------------------------------
+    # --- evaluation answers --------------------------------------------------------------------
     def suite(self, name: str) -> list[dict]:
         """Eval prompts of a suite: {id, prompt, reference}; in_domain is the held-out split."""
         n = self.cfg.eval.suites[name]
@@ -258,46 +311,20 @@ class Pipeline:
             ds = load_suite(name, n, self.cfg.seed)
         return [{"id": r["id"], "prompt": r["prompt"], "reference": r["reference"] or None} for r in ds]
 
-    def evaluate(self, models: dict[str, str]) -> tuple[list[dict], list[dict]]:
-        """Judge every model's answers against the teacher's on every suite, both orders.
-
-        Returns (summary rows, per-comparison records)."""
-        from evals.judges import VerdictCache, make_judge
-        from evals.protocol import Pair, compare
-        from evals.records import comparison_record, summary_row
-
+    def eval_answers(self, models: dict[str, str]) -> dict[str, dict]:
+        """Greedy answers of the teacher and every model on every eval suite:
+        {suite: {"items": [{id, prompt, reference}], "teacher": [answers], <row>: [answers], ...}}.
+        One generation call per model over all suites, so each model loads at most once."""
         ecfg = self.cfg.eval
         greedy = self.sampling(greedy=True, max_new_tokens=ecfg.max_new_tokens)
         suites = {suite: self.suite(suite) for suite in ecfg.suites}
         prompts = [it["prompt"] for items in suites.values() for it in items]
-        answers: dict = {}  # one generation call per model over all suites: each model loads once
+        out = {s: {"items": items} for s, items in suites.items()}
         for row, path in {"teacher": self.teacher_path, **models}.items():
-            out = iter(self.answers(path, prompts, greedy, f"{row}/eval"))
+            answers = iter(self.answers(path, prompts, greedy, f"{row}/eval"))
             for suite, items in suites.items():
-                answers.setdefault(suite, {})[row] = [next(out) for _ in items]
-        self.eval_answers = {s: {"items": suites[s], **answers[s]} for s in suites}
-        cache = VerdictCache(cache_root() / "judges" / "verdicts.sqlite")
-        rows, records = [], []
-        for jname in ecfg.judges:
-            judge = make_judge(jname, ecfg, cache=cache)
-            with self.stage(f"judge:{jname}"):
-                for suite, items in suites.items():
-                    for row in models:
-                        pairs = [Pair(it["id"], it["prompt"], s, t, it["reference"]) for it, s, t in
-                                 zip(items, answers[suite][row], answers[suite]["teacher"])]
-                        comps = compare(judge, pairs)
-                        ident = judge.identity
-                        records += [comparison_record(suite, row, "teacher", ident, judge.proxy, p, c)
-                                    for p, c in zip(pairs, comps)]
-                        rows.append(summary_row(suite, row, "teacher", ident, judge.proxy, pairs, comps,
-                                                ecfg.bootstrap, ecfg.bootstrap_seed))
-            self.facts.setdefault("judges", {})[jname] = {"identity": judge.identity, "stats": judge.stats}
-            judge.close()
-        return rows, records
+                out[suite][row] = [next(answers) for _ in items]
+        return out
 
     def run_facts(self) -> dict:
         return json.loads(json.dumps(self.facts, default=str))
-
-
-def default_device() -> str:
-    return str(device())

@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dadpo.chat import encode_example, encode_prompt, pad_batch, prompt_text
+from dadpo.config import PruneConfig
+
 METHODS = ("layers", "width", "layers+width")
-# Measured on SmolLM2-135M-Instruct at a 20% share, response NLL on 64 held-out ShareGPT replies:
-# 32 calibration prompts (teacher 1.57): width (MLP channels only) 2.67, layers+width 2.95, layers 3.04;
-# 8 prompts, other replies (teacher 1.53): width 2.79, layers+width 2.93, layers 2.97, width+heads 3.87.
-DEFAULT_METHOD = "width"
+DEFAULT_METHOD = PruneConfig().method  # one default, the config's (docs/method.md: pruning)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -79,21 +79,6 @@ def _run_decoder(model, ids, mask):
     return _decoder(model)(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False)
 
 
-def prompt_text(tokenizer, prompt: str) -> str:
-    """Chat-formatted user prompt ending where the assistant's answer starts."""
-    if not tokenizer.chat_template:
-        raise ValueError("tokenizer has no chat template; pruning calibrates on chat-formatted prompts")
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                         add_generation_prompt=True)
-
-
-def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], dtype=torch.long)
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long)
-    return ids, mask
-
-
 def _pad_id(tokenizer) -> int:
     pid = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return 0 if pid is None else pid
@@ -102,13 +87,9 @@ def _pad_id(tokenizer) -> int:
 def encode_calibration(tokenizer, prompts: Sequence[str], batch_size: int = 4,
                        max_len: int = 256) -> list[dict]:
     """Chat-formatted prompts as right-padded batches (over-long prompts keep their end)."""
-    rows = [tokenizer(prompt_text(tokenizer, p), add_special_tokens=False).input_ids[-max_len:]
-            for p in prompts]
-    out = []
-    for i in range(0, len(rows), batch_size):
-        ids, mask = _pad(rows[i:i + batch_size], _pad_id(tokenizer))
-        out.append({"input_ids": ids, "attention_mask": mask})
-    return out
+    rows = [{"input_ids": encode_prompt(tokenizer, p, max_len)} for p in prompts]
+    return [pad_batch(rows[i:i + batch_size], _pad_id(tokenizer), keys=("input_ids",))
+            for i in range(0, len(rows), batch_size)]
 
 
 # ----------------------------------------------------------------------------- block influence
@@ -453,18 +434,6 @@ def _maybe_prune_heads(model, imp, gap: float, report: dict) -> None:
 
 # ----------------------------------------------------------------------------- held-out NLL
 
-def _encode_pair(tokenizer, prompt: str, response: str, max_len: int) -> tuple[list[int], int]:
-    """Prompt + response ids and the prompt length. The response part is what the chat template
-    adds for an assistant turn after the generation prompt (so it ends with the end-of-turn marker)."""
-    prefix = prompt_text(tokenizer, prompt)
-    full = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], tokenize=False)
-    suffix = full[len(prefix):] if full.startswith(prefix) else response + (tokenizer.eos_token or "")
-    p = tokenizer(prefix, add_special_tokens=False).input_ids[-(max_len // 2):]  # keep the header
-    r = tokenizer(suffix, add_special_tokens=False).input_ids[: max_len - len(p)]
-    return p + r, len(p)
-
-
 @torch.no_grad()
 def response_nll(model, tokenizer, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 4,
                  max_len: int = 512) -> float:
@@ -475,8 +444,9 @@ def response_nll(model, tokenizer, prompts: Sequence[str], responses: Sequence[s
     """
     if len(prompts) != len(responses) or not prompts:
         raise ValueError("need as many responses as prompts, at least one")
-    rows = [_encode_pair(tokenizer, p, r, max_len) for p, r in zip(prompts, responses)]
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))  # less padding
+    # the prompt keeps its last max_len / 2 tokens (the assistant header), the answer the rest
+    rows = [encode_example(tokenizer, p, r, max_len, max_len // 2) for p, r in zip(prompts, responses)]
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))  # less padding
     dev = next(model.parameters()).device
     head = model.get_output_embeddings()
     was_training = model.training
@@ -484,12 +454,9 @@ def response_nll(model, tokenizer, prompts: Sequence[str], responses: Sequence[s
     total, count = 0.0, 0
     try:
         for s in range(0, len(order), batch_size):
-            chunk = [rows[i] for i in order[s:s + batch_size]]
-            ids, mask = _pad([c[0] for c in chunk], _pad_id(tokenizer))
-            labels = ids.clone()
-            labels[mask == 0] = -100
-            for b, (_, plen) in enumerate(chunk):
-                labels[b, :plen] = -100
+            b = pad_batch([rows[i] for i in order[s:s + batch_size]], _pad_id(tokenizer))
+            ids, mask = b["input_ids"], b["attention_mask"]
+            labels = ids.masked_fill(b["response_mask"] == 0, -100)
             tgt = labels[:, 1:]
             sel = (tgt != -100).to(dev)
             h = _run_decoder(model, ids, mask).last_hidden_state[:, :-1]
@@ -526,15 +493,14 @@ def make_pruned_student(teacher_dir: str, out_dir: str, target_share: float = 0.
     achieved share, layers / heads / channels removed, teacher and student held-out response NLL,
     a greedy sample of each on the first held-out prompt, and the time taken.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from dadpo.cache import atomic_path, write_json
+    from dadpo.modeling import load_model, load_tokenizer
 
     if not calib_prompts:
         raise ValueError("make_pruned_student needs calibration prompts")
     t0 = time.time()
-    tok = AutoTokenizer.from_pretrained(teacher_dir)
-    model = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32)
+    tok = load_tokenizer(teacher_dir)
+    model = load_model(teacher_dir, torch.float32)
     model.eval()
     hp, hr = [h[0] for h in heldout], [h[1] for h in heldout]
     first = hp[0] if hp else calib_prompts[0]

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from dadpo.chat import pad_batch
-from dadpo.logprobs import hidden_to_token_logprobs
+from baselines.numerics import hidden_to_token_logprobs
 
 
 def response_hidden(model, input_ids, attention_mask, response_mask):

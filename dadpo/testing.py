@@ -69,3 +69,20 @@ def save_tiny_model(folder: str | Path, seed: int = 0, **kw) -> Path:
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+def attach_scores(examples: list[dict], model, pad_id: int, prefix: str) -> None:
+    """Tests: sequence log-probs of both answers under `model` attached as `{prefix}_chosen` etc."""
+    from dadpo.examples import answers_of, attach_sequence_scores
+    from dadpo.precompute import sequence_logprobs
+
+    attach_sequence_scores(examples, sequence_logprobs(model, answers_of(examples), pad_id), prefix)
+
+
+def attach_topk(examples: list[dict], teacher, pad_id: int, k: int, answers=("chosen",)) -> None:
+    """Tests: the teacher's top-k cache of each answer attached (`kd`, `kd_rejected`)."""
+    from dadpo.examples import attach_teacher_topk
+    from dadpo.precompute import teacher_topk
+
+    for a in answers:
+        attach_teacher_topk(examples, teacher_topk(teacher, [e[a] for e in examples], pad_id, k), a)

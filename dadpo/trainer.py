@@ -1,40 +1,42 @@
-"""One trainer for every method (SFT, KD, dDPO, daDPO and the token-level extension).
+"""One trainer for every method (dadpo.methods): SFT, KD, dDPO, daDPO and the token-level extension.
 
 Built on `accelerate`: one process on CPU or a GPU, or several under `accelerate launch` (data
-parallel; DeepSpeed / FSDP through accelerate's config). The global batch is a setting, kept fixed
-when the number of processes changes: accumulation = global / (per-device x processes), an error if
-it does not divide.
+parallel; DeepSpeed ZeRO-2 / FSDP through accelerate's config). The global batch is a setting, kept
+fixed when the number of processes changes: accumulation = global / (per-device x processes), an
+error if it does not divide.
 
 Losses are normalised by the number of loss units (response tokens for SFT/KD, pairs for the DPO
 family) in the whole global batch, counted before the step; so 1 x 4 accumulation, 4 x 1 and two
 processes with half the accumulation all give the same update. The data order is a seeded
 permutation per epoch, so a resumed run sees the same batches as an uninterrupted one.
+
+Checkpoints hold no executable pickle: weights as safetensors, optimizer and RNG state through
+accelerate (loaded with torch's weights_only unpickler), the step and the scheduler as JSON.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-import resource
 import shutil
 import time
+import warnings
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from baselines.ddpo import ddpo_loss
-from baselines.kd import kd_loss
-from baselines.sft import sft_loss
 from dadpo.cache import atomic_dir, atomic_write_text
 from dadpo.chat import pad_batch
-from dadpo.config import ObjectiveConfig, TrainConfig
-from dadpo.objectives import dadpo_loss, token_dadpo_loss
-from dadpo.scoring import ResponseScorer, per_sequence
+from dadpo.config import TrainConfig
+from dadpo.memory import PeakMemory
+from dadpo.methods import Method, PolicyOutputs
+from dadpo.scoring import ResponseScorer
 
-PAIR_METHODS = ("ddpo", "dadpo", "dadpo_token")
-TOKEN_METHODS = ("sft", "kd")
+
+class CheckpointError(RuntimeError):
+    """A training checkpoint that cannot be resumed safely (damaged, or holding unsafe content)."""
 
 
 @dataclass
@@ -50,44 +52,30 @@ class TrainResult:
     tokens_per_s: float
     peak_memory_mb: float
     final_loss: float
-    log_file: str
     model_dir: str
-    extra: dict = field(default_factory=dict)
+    log: list = field(default_factory=list)  # one record per optimizer step
 
 
-def _reset_peak_memory() -> None:
-    """Start a fresh peak for this training run (the pipeline runs several stages in one process)."""
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-        return
-    try:  # Linux: "5" resets the process's peak resident set size (VmHWM)
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def _peak_memory_mb() -> float:
-    """Peak GPU memory allocated (CUDA), else peak RSS since _reset_peak_memory (process peak if not Linux)."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # KiB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def _units(method: str, ex: dict) -> int:
-    """Loss units of one example: its response tokens (SFT/KD) or one pair (DPO family)."""
-    if method in TOKEN_METHODS:
-        return max(1, sum(ex["chosen"]["response_mask"][1:]))
-    return 1
+def read_log(path: Path) -> list[dict]:
+    """The records of a training log; a last line cut by a kill is dropped with a warning naming the file."""
+    if not path.is_file():
+        return []
+    out = []
+    lines = path.read_text(encoding="utf-8").split("\n")
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            if i < len(lines) - 2:  # damage before the last line is not a cut append
+                raise CheckpointError(f"training log {path} is damaged at line {i + 1}") from None
+            warnings.warn(f"training log {path}: dropped a last line cut mid-write", stacklevel=2)
+    return out
 
 
 class Trainer:
-    """Train `model` on `examples` with `method`; per-step logs go to `out_dir/log.jsonl`.
+    """Train `model` with `method` on examples; per-step logs go to `out_dir/log.jsonl`.
 
     Examples (dicts): every method has "chosen" = {"input_ids", "response_mask"} (the teacher's
     answer); the DPO family adds "rejected" and the frozen sequence log-probs "ref_chosen",
@@ -95,14 +83,11 @@ class Trainer:
     "kd" = (logprobs [n, k], ids [n, k], tail [n]) of the teacher's top-k for chosen's tokens.
     """
 
-    def __init__(self, model, tokenizer, method: str, train_cfg: TrainConfig, obj_cfg: ObjectiveConfig,
-                 out_dir: str | Path, seed: int = 0, mixed_precision: str | None = None, cpu: bool | None = None,
-                 online_teacher=None):
+    def __init__(self, model, tokenizer, method: Method, train_cfg: TrainConfig, out_dir: str | Path,
+                 seed: int = 0, mixed_precision: str | None = None, cpu: bool | None = None):
         from accelerate import Accelerator
 
-        if method not in TOKEN_METHODS + PAIR_METHODS:
-            raise ValueError(f"unknown method {method!r} (known: {', '.join(TOKEN_METHODS + PAIR_METHODS)})")
-        self.method, self.cfg, self.obj, self.seed = method, train_cfg, obj_cfg, seed
+        self.method, self.cfg, self.seed = method, train_cfg, seed
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if mixed_precision is None:
@@ -127,13 +112,11 @@ class Trainer:
         self.model = model
         self.tokenizer = tokenizer
         params = [p for p in model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(params, lr=train_cfg.sft_lr if method == "sft" else train_cfg.lr,
-                                     weight_decay=train_cfg.weight_decay)
-        self.scorer = ResponseScorer(model, train_cfg.logit_chunk)
-        # KD's online-teacher mode (checks the top-k cache): full teacher logits per batch.
-        self.teacher = None
-        if online_teacher is not None:
-            self.teacher = ResponseScorer(online_teacher.to(self.acc.device).eval())
+        lr = train_cfg.sft_lr if method.sft_schedule else train_cfg.lr
+        fused = {"fused": True} if self.acc.device.type == "cuda" else {}  # one kernel for all parameters
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=train_cfg.weight_decay, **fused)
+        self.scorer, self.opt = self.acc.prepare(ResponseScorer(model, train_cfg.logit_chunk), opt)
+        self.scheduler = None  # set by train(); step() works without one (the benchmark)
 
     def _configure_deepspeed(self, train_cfg: TrainConfig) -> None:
         """DeepSpeed accumulates, clips and steps inside backward: it gets this run's micro-batch,
@@ -149,81 +132,68 @@ class Trainer:
         self.acc.gradient_accumulation_steps = self.accum
 
     # --- one micro-batch -------------------------------------------------------------------
-    def _batch(self, rows: list[dict]) -> dict:
-        b = pad_batch(rows, self.tokenizer.pad_token_id)
-        return {k: v.to(self.acc.device) for k, v in b.items()}
-
-    def _seq_logps(self, rows):
-        b = self._batch(rows)
-        lp, _, ex = self.scorer(b["input_ids"], b["attention_mask"], b["response_mask"])
-        sums, counts = per_sequence(lp, ex, len(rows))
-        if self.obj.length_average:
-            sums = sums / counts.clamp(min=1)
-        return sums, b
-
-    def _frozen(self, exs, key):
-        v = torch.tensor([e[key] for e in exs], dtype=torch.float64)
-        if self.obj.length_average:
-            v = v / torch.tensor([max(1, e[key + "_count"]) for e in exs], dtype=torch.float64)
-        return v.to(self.acc.device, torch.float32)
-
-    def _kd_targets(self, exs, keys=("kd",)):
-        """Teacher top-k rows for the response tokens of `exs`, in the scorer's row order."""
-        parts = [[e[k][i] for k in keys for e in exs] for i in range(3)]
-        dev = self.acc.device
-        return (torch.cat(parts[0]).float().to(dev)[None], torch.cat(parts[1]).long().to(dev)[None],
-                torch.cat(parts[2]).float().to(dev)[None])
-
-    def _kd(self, logits, exs, b):
-        o = self.obj
-        mask = torch.ones(logits.shape[:-1], device=logits.device)[None]
-        if self.teacher is None:
-            return kd_loss(logits[None], mask, o.divergence, o.kd_temperature, o.jsd_lambda, o.skew_alpha,
-                           teacher_topk=self._kd_targets(exs))
-        with torch.no_grad():
-            t_logits, _, _ = self.teacher(b["input_ids"], b["attention_mask"], b["response_mask"], want_logits=True)
-        v = min(t_logits.shape[-1], logits.shape[-1], len(self.tokenizer))  # padded rows cut
-        return kd_loss(logits[None, :, :v], mask, o.divergence, o.kd_temperature, o.jsd_lambda, o.skew_alpha,
-                       teacher_logits=t_logits[None, :, :v])
-
     def loss_sum(self, exs: list[dict]):
-        """(sum of the loss over this micro-batch's units, metrics, tokens seen)."""
-        m = self.method
-        if m in TOKEN_METHODS:
-            b = self._batch([e["chosen"] for e in exs])
-            if m == "sft":
-                lp, _, _ = self.scorer(b["input_ids"], b["attention_mask"], b["response_mask"])
-                loss, metrics = sft_loss(lp[None], torch.ones_like(lp)[None])
-                units = lp.numel()
+        """(sum of the loss over this micro-batch's units, metrics, tokens seen) for examples `exs`."""
+        rows = [e[a] for a in self.method.answers for e in exs]
+        b = {k: v.to(self.acc.device) for k, v in pad_batch(rows, self.tokenizer.pad_token_id).items()}
+        values, labels, row = self.scorer(b["input_ids"], b["attention_mask"], b["response_mask"],
+                                          want_logits=self.method.wants_logits)
+        out = (PolicyOutputs(labels, row, len(rows), logits=values) if self.method.wants_logits
+               else PolicyOutputs(labels, row, len(rows), lp=values))
+        loss, metrics = self.method.loss(out, exs)
+        return loss, metrics, int(b["attention_mask"].sum())
+
+    # --- one optimizer step ----------------------------------------------------------------
+    def step(self, batch: list[dict]) -> dict:
+        """One optimizer step on one global batch (each process takes its share of the micro-batches):
+        forward, backward, clipping, optimizer and scheduler. Returns the step's loss, tokens,
+        gradient norm and the method's metrics, reduced over processes."""
+        acc, units = self.acc, self.method.units
+        rank, nproc = acc.process_index, acc.num_processes
+        pdb = self.cfg.per_device_batch
+        micro = [batch[j:j + pdb] for j in range(0, len(batch), pdb)]
+        mine = micro[rank::nproc]
+        units_total = sum(units(e) for e in batch)
+        step_loss = torch.zeros((), device=acc.device)
+        sums: dict = {}
+        tokens = 0
+        for j, exs in enumerate(mine):
+            if self.deepspeed:  # counts micro-batches: the last one is DeepSpeed's step boundary
+                sync = acc.accumulate()
             else:
-                logits, _, _ = self.scorer(b["input_ids"], b["attention_mask"], b["response_mask"], want_logits=True)
-                loss, metrics = self._kd(logits, exs, b)
-                units = logits.shape[0]
-            return loss * units, metrics, int(b["attention_mask"].sum())
-        rows = [e["chosen"] for e in exs] + [e["rejected"] for e in exs]
-        lps, b = self._seq_logps(rows)
-        pc, pr = lps[: len(exs)], lps[len(exs):]
-        rc, rr = self._frozen(exs, "ref_chosen"), self._frozen(exs, "ref_rejected")
-        if m == "ddpo":
-            loss, metrics = ddpo_loss(pc, pr, rc, rr, self.obj.beta)
-        elif m == "dadpo":
-            tc, tr = self._frozen(exs, "te_chosen"), self._frozen(exs, "te_rejected")
-            loss, metrics = dadpo_loss(pc, pr, rc, rr, tc, tr, self.obj.beta1, self.obj.beta2)
-        else:  # extension (not in the paper): dDPO + lambda * token KD on chosen and rejected
-            logits, _, _ = self.scorer(b["input_ids"], b["attention_mask"], b["response_mask"], want_logits=True)
-            o = self.obj
-            mask = torch.ones(logits.shape[:-1], device=logits.device)[None]
-            loss, metrics = token_dadpo_loss(pc, pr, rc, rr, o.beta, logits[None], mask, o.token_kd_lambda,
-                                             o.divergence, o.kd_temperature, o.jsd_lambda, o.skew_alpha,
-                                             teacher_topk=self._kd_targets(exs, ("kd", "kd_rejected")))
-        return loss * len(exs), metrics, int(b["attention_mask"].sum())
+                sync = nullcontext() if j == len(mine) - 1 else acc.no_sync(self.scorer)
+            with sync:
+                with acc.autocast():
+                    loss_sum, metrics, ntok = self.loss_sum(exs)
+                # DDP and DeepSpeed average gradients over processes (x nproc makes that a sum);
+                # DeepSpeed also divides by its accumulation steps (x accum undoes it).
+                acc.backward(loss_sum / units_total * nproc * (self.accum if self.deepspeed else 1))
+            step_loss += loss_sum.detach() / units_total
+            w = sum(units(e) for e in exs) / units_total
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * w
+            tokens += ntok
+        # under DeepSpeed these already happened inside the last backward (the calls are no-ops there,
+        # and clip_grad_norm_ returns DeepSpeed's norm)
+        grad_norm = acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        self.opt.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.opt.zero_grad(set_to_none=True)
+        keys = sorted(sums)
+        stats = torch.tensor([float(step_loss), float(tokens)] + [sums[k] for k in keys], device=acc.device,
+                             dtype=torch.float64)
+        stats = acc.reduce(stats, reduction="sum").tolist()
+        return {"loss": stats[0], "tokens": int(stats[1]),
+                "grad_norm": float("nan") if grad_norm is None else float(grad_norm),
+                **dict(zip(keys, stats[2:]))}
 
     # --- the loop ----------------------------------------------------------------------------
     def _order(self, n: int, epoch: int) -> list[int]:
         g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
         return torch.randperm(n, generator=g).tolist()
 
-    def train(self, examples: list[dict], max_steps: int | None = None, log_every: int = 1) -> TrainResult:
+    def train(self, examples: list[dict], max_steps: int | None = None) -> TrainResult:
         from transformers import get_scheduler
 
         cfg, acc = self.cfg, self.acc
@@ -231,85 +201,58 @@ class Trainer:
         if len(examples) < G:
             raise ValueError(f"{len(examples)} training examples are fewer than one global batch ({G})")
         steps_per_epoch = len(examples) // G
-        epochs = cfg.sft_epochs if self.method == "sft" else cfg.epochs
+        epochs = cfg.sft_epochs if self.method.sft_schedule else cfg.epochs
         total = max(1, math.ceil(epochs * steps_per_epoch))
-        sched = get_scheduler("cosine", self.opt, num_warmup_steps=int(cfg.warmup_ratio * total),
-                              num_training_steps=total)
-        # The scheduler stays outside prepare(): accelerate would step it once per process.
-        self.scorer, self.opt = acc.prepare(self.scorer, self.opt)
-        acc.register_for_checkpointing(sched)
-        ckpt = self.out_dir / "checkpoint"
+        # outside prepare(): accelerate would step it once per process
+        self.scheduler = get_scheduler("cosine", self.opt, num_warmup_steps=int(cfg.warmup_ratio * total),
+                                       num_training_steps=total)
         log_path = self.out_dir / "log.jsonl"
-        start = 0
-        if (ckpt / "trainer_state.json").is_file():
-            acc.load_state(str(ckpt))
-            start = json.loads((ckpt / "trainer_state.json").read_text())["step"]
-            if acc.is_main_process:  # drop log lines of steps that will be redone
-                lines = log_path.read_text().splitlines() if log_path.exists() else []
-                atomic_write_text(log_path, "".join(l + "\n" for l in lines if json.loads(l)["step"] <= start))
-        elif acc.is_main_process and log_path.exists():
-            log_path.unlink()
+        start = self._resume()
+        log = [r for r in read_log(log_path) if r["step"] <= start] if start else []
+        if acc.is_main_process:  # drop log lines of steps that will be redone
+            atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in log))
         stop = total if max_steps is None else min(total, max_steps)
-        _reset_peak_memory()
         t0, tokens, last_loss = time.perf_counter(), 0, float("nan")
-        rank, nproc = acc.process_index, acc.num_processes
         self.scorer.train()
-        for step in range(start, stop):
-            epoch, within = divmod(step, steps_per_epoch)
-            idx = self._order(len(examples), epoch)[within * G:(within + 1) * G]
-            micro = [idx[j:j + cfg.per_device_batch] for j in range(0, G, cfg.per_device_batch)]
-            mine = micro[rank::nproc]
-            units_total = sum(_units(self.method, examples[i]) for i in idx)
-            step_loss = torch.zeros((), device=acc.device)
-            sums: dict = {}
-            step_tokens = 0
-            for j, mb in enumerate(mine):
-                exs = [examples[i] for i in mb]
-                if self.deepspeed:  # counts micro-batches: the last one is DeepSpeed's step boundary
-                    sync = acc.accumulate()
-                else:
-                    sync = nullcontext() if j == len(mine) - 1 else acc.no_sync(self.scorer)
-                with sync:
-                    with acc.autocast():
-                        loss_sum, metrics, ntok = self.loss_sum(exs)
-                    # DDP and DeepSpeed average gradients over processes (x nproc makes that a sum);
-                    # DeepSpeed also divides by its accumulation steps (x accum undoes it).
-                    acc.backward(loss_sum / units_total * nproc * (self.accum if self.deepspeed else 1))
-                step_loss += loss_sum.detach() / units_total
-                w = sum(_units(self.method, e) for e in exs) / units_total
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + float(v) * w
-                step_tokens += ntok
-            # under DeepSpeed these three already happened inside the last backward (the calls are no-ops
-            # there, and clip_grad_norm_ returns DeepSpeed's norm)
-            grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-            self.opt.step()
-            sched.step()
-            self.opt.zero_grad(set_to_none=True)
-            stats = torch.tensor([float(step_loss), float(step_tokens)] + [sums[k] for k in sorted(sums)],
-                                 device=acc.device, dtype=torch.float64)
-            stats = acc.reduce(stats, reduction="sum")
-            tokens += int(stats[1])
-            last_loss = float(stats[0])
-            if acc.is_main_process and ((step + 1) % log_every == 0 or step + 1 == stop):
-                rec = {"step": step + 1, "epoch": round((step + 1) / steps_per_epoch, 4), "loss": last_loss,
-                       "lr": sched.get_last_lr()[0],
-                       "grad_norm": float("nan") if grad_norm is None else float(grad_norm),
-                       "tokens": int(stats[1]), "elapsed_s": round(time.perf_counter() - t0, 3)}
-                rec.update({k: float(v) for k, v in zip(sorted(sums), stats[2:].tolist())})
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
-            if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < stop:
-                self._save_checkpoint(step + 1)
+        with PeakMemory(acc.device) as peak:
+            for step in range(start, stop):
+                epoch, within = divmod(step, steps_per_epoch)
+                idx = self._order(len(examples), epoch)[within * G:(within + 1) * G]
+                stats = self.step([examples[i] for i in idx])
+                tokens += stats["tokens"]
+                last_loss = stats["loss"]
+                if acc.is_main_process:
+                    rec = {"step": step + 1, "epoch": round((step + 1) / steps_per_epoch, 4),
+                           "lr": self.scheduler.get_last_lr()[0], "elapsed_s": round(time.perf_counter() - t0, 3),
+                           **stats}
+                    log.append(rec)
+                    with open(log_path, "a", encoding="utf-8") as f:  # live progress; the result keeps the log
+                        f.write(json.dumps(rec) + "\n")
+                if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < stop:
+                    self._save_checkpoint(step + 1)
         seconds = time.perf_counter() - t0
         if stop < total:  # interrupted on purpose (max_steps): keep a resumable checkpoint
             self._save_checkpoint(stop)
             model_dir = ""
         else:
             model_dir = str(self.save_model(self.out_dir / "model"))
-        return TrainResult(self.method, stop, G, cfg.per_device_batch, self.accum, acc.num_processes, seconds,
-                           tokens, tokens / max(seconds, 1e-9), _peak_memory_mb(), last_loss, str(log_path),
-                           model_dir)
+        return TrainResult(self.method.name, stop, G, cfg.per_device_batch, self.accum, acc.num_processes, seconds,
+                           tokens, tokens / max(seconds, 1e-9), peak.peak_mb, last_loss, model_dir, log)
+
+    def _resume(self) -> int:
+        """The step to resume from (0 without a checkpoint); raises CheckpointError if it cannot be loaded."""
+        ckpt = self.out_dir / "checkpoint"
+        state_file = ckpt / "trainer_state.json"
+        if not state_file.is_file():
+            return 0
+        try:
+            state = json.loads(state_file.read_text(encoding="utf-8"))
+            self.acc.load_state(str(ckpt))  # safetensors weights; weights_only unpickler for the rest
+            self.scheduler.load_state_dict(state["scheduler"])
+            return int(state["step"])
+        except Exception as e:  # noqa: BLE001 - any damage: the caller retrains from the start
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise CheckpointError(f"checkpoint {ckpt} cannot be resumed ({type(e).__name__}: {first})") from e
 
     def _save_checkpoint(self, step: int) -> None:
         ckpt = self.out_dir / "checkpoint"
@@ -319,7 +262,8 @@ class Trainer:
             shutil.rmtree(tmp)
         self.acc.save_state(str(tmp))
         if self.acc.is_main_process:
-            (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "method": self.method}))
+            state = {"step": step, "method": self.method.name, "scheduler": self.scheduler.state_dict()}
+            (tmp / "trainer_state.json").write_text(json.dumps(state), encoding="utf-8")
             old = self.out_dir / ".checkpoint.old"
             if ckpt.exists():
                 os.replace(ckpt, old)
@@ -339,7 +283,3 @@ class Trainer:
                 self.tokenizer.save_pretrained(tmp)
         self.acc.wait_for_everyone()
         return folder
-
-
-def result_dict(r: TrainResult) -> dict:
-    return asdict(r)

@@ -18,14 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from dadpo.cache import atomic_write_text, cache_root
 from evals.judges import JUDGES, JudgeError, VerdictCache, make_judge
-from evals.protocol import Pair, compare, position_stats
-from evals.records import comparison_record, summary_row, write_csv, write_jsonl
+from evals.judging import judge_all
+from evals.protocol import Pair
+from evals.records import write_csv, write_jsonl
 
 
 class InputError(ValueError):
@@ -223,27 +223,19 @@ def run(args) -> list[dict]:
         from evals.judges.api import public_url
 
         options["api_base_url"] = public_url(options["api_base_url"])
-    results = []
-    for judge in built:  # judge everything first: a failure halfway writes nothing at all
-        ident = judge.identity
-        everything = [p for name in pairs for p in pairs[name]]
-        t0 = time.perf_counter()
-        comps = compare(judge, everything)
-        seconds = time.perf_counter() - t0
-        records, rows, k = [], [], 0
-        for name, ps in pairs.items():
-            cs = comps[k:k + len(ps)]
-            k += len(ps)
-            records += [comparison_record(args.suite, name, t_name, ident, judge.proxy, p, c) for p, c in zip(ps, cs)]
-            rows.append(summary_row(args.suite, name, t_name, ident, judge.proxy, ps, cs, n_boot, seed))
-        run_info = {"suite": args.suite, "judge_identity": ident, "teacher": str(t_path),
-                    "students": {n: str(p) for n, p in students}, "comparisons": len(everything),
-                    "seconds": round(seconds, 3),
-                    "comparisons_per_s": round(len(everything) / seconds, 3) if seconds > 0 else None,
-                    "judge_stats": judge.stats, "position": position_stats(comps), "options": options}
-        if hasattr(judge, "usage"):
-            run_info["api_usage"] = {**judge.usage, "cost_usd": judge.cost()}
-        results.append((out_root / judge.name, records, rows, run_info))
+    answers: dict = {"items": [], t_name: []}
+    for name, ps in pairs.items():
+        answers[name] = [p.student for p in ps]
+    first = next(iter(pairs.values()))
+    answers["items"] = [{"id": p.id, "prompt": p.prompt, "reference": p.reference} for p in first]
+    answers[t_name] = [p.teacher for p in first]
+    runs = judge_all(built, {args.suite: answers}, list(pairs), t_name, n_boot, seed)  # judged first: a
+    results = []  # failure halfway writes nothing at all
+    for judge, run in zip(built, runs):
+        run_info = {"suite": args.suite, "judge_identity": run.identity, "teacher": str(t_path),
+                    "students": {n: str(p) for n, p in students}, "judge_stats": run.facts["stats"],
+                    "options": options, **{k: v for k, v in run.facts.items() if k not in ("identity", "stats")}}
+        results.append((out_root / judge.name, run.records, run.rows, run_info))
         judge.close()
     for folder, records, rows, run_info in results:
         write_jsonl(folder / "records.jsonl", records)

@@ -72,7 +72,8 @@ QWEN_SHAPES = {  # Qwen2.5 configs (config.json of the hub repos); random weight
 
 
 # ------------------------------------------------------------------------------- facts, files
-from reproduce.run import _fmt, git_sha, versions  # noqa: E402  (one definition of provenance facts)
+from reproduce.provenance import git_sha, versions  # noqa: E402  (one definition of provenance facts)
+from reproduce.tables import fmt as _fmt  # noqa: E402
 
 
 def versions_str(v: dict) -> str:
@@ -326,27 +327,17 @@ def _autocast(dev: torch.device):
 
 def make_trainer(model, tokenizer, method: str, batch: int, dev: torch.device, workdir: Path, **obj):
     from dadpo.config import ObjectiveConfig, TrainConfig
+    from dadpo.methods import build_method
     from dadpo.trainer import Trainer
 
     cfg = TrainConfig(lr=LR, sft_lr=LR, per_device_batch=batch, global_batch=batch, max_len=4096)
-    return Trainer(model, tokenizer, method, cfg, ObjectiveConfig(beta=BETA, beta1=BETA, beta2=BETA, **obj),
-                   workdir / method, cpu=dev.type == "cpu", mixed_precision="bf16" if dev.type == "cuda" else "no")
+    return Trainer(model, tokenizer, build_method(method, ObjectiveConfig(beta=BETA, beta1=BETA, beta2=BETA, **obj)),
+                   cfg, workdir / method, cpu=dev.type == "cpu", mixed_precision="bf16" if dev.type == "cuda" else "no")
 
 
 def our_step(tr, exs: list[dict]) -> float:
-    """The body of Trainer.train for one micro-batch per step (its logging reads included)."""
-    from dadpo.trainer import _units
-
-    units = sum(_units(tr.method, e) for e in exs)
-    with tr.acc.autocast():
-        loss_sum, metrics, _ = tr.loss_sum(exs)
-    tr.acc.backward(loss_sum / units)
-    loss = float(loss_sum.detach()) / units
-    _ = [float(v) for v in metrics.values()]
-    tr.acc.clip_grad_norm_(tr.model.parameters(), tr.cfg.max_grad_norm)
-    tr.opt.step()
-    tr.opt.zero_grad(set_to_none=True)
-    return loss
+    """One optimizer step of the suite's Trainer on one global batch (its public step)."""
+    return tr.step(exs)["loss"]
 
 
 _TRL_DPO: dict = {}
@@ -431,7 +422,7 @@ def kd_full_and_trl(student, teacher, exs: list[dict], pad_id: int, dev: torch.d
     Returns (full, trl or None, {k: (loss_k, bytes_per_token, loss_k with an fp32 cache)}, tokens)."""
     from baselines.kd import kd_loss
     from dadpo.chat import pad_batch
-    from dadpo.logprobs import topk_with_tail
+    from baselines.numerics import topk_with_tail
     from dadpo.scoring import response_hidden
 
     hs, ht = [], []
@@ -1044,7 +1035,7 @@ def run_profile(args, dev: torch.device, out_txt: Path, rows: list, out_csv: Pat
 
 
 def _profile_head(say, student, dev, dtype, V, R, bench):
-    from dadpo.logprobs import hidden_to_token_logprobs
+    from baselines.numerics import hidden_to_token_logprobs
 
     say(f"== A. LM head log-probs, {R} positions x V={V}, d={student.config.hidden_size}, {dtype} (median ms, spread)")
     W = student.get_output_embeddings().weight.detach().clone().requires_grad_(True)
@@ -1079,11 +1070,12 @@ def _profile_steps(say, student, tok, exs, B, dev, cuda, bench):
         steps = {}
         for chunk in (1024, 4096):
             from dadpo.config import ObjectiveConfig, TrainConfig
+            from dadpo.methods import build_method
             from dadpo.trainer import Trainer
 
             cfg = TrainConfig(lr=LR, sft_lr=LR, per_device_batch=B, global_batch=B, logit_chunk=chunk)
-            tr = Trainer(student, tok, "ddpo", cfg, ObjectiveConfig(beta=BETA), wd / f"c{chunk}", cpu=not cuda,
-                         mixed_precision="bf16" if cuda else "no")
+            tr = Trainer(student, tok, build_method("ddpo", ObjectiveConfig(beta=BETA)), cfg, wd / f"c{chunk}",
+                         cpu=not cuda, mixed_precision="bf16" if cuda else "no")
             steps[f"ours logit_chunk={chunk}"] = (lambda b, tr=tr: our_step(tr, b), tr)
         try:
             trl_tr = make_trl_dpo(student, tok, dev, wd)

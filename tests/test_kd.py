@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from baselines.kd import DIVERGENCES, divergence_from_logprobs, kd_loss
-from dadpo.logprobs import topk_with_tail
+from baselines.numerics import topk_with_tail
 
 
 def _softmax(row, t):

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from dadpo.logprobs import (LOG_FLOOR, hidden_to_token_logprobs, sequence_logprobs, token_logprobs,
+from baselines.numerics import (LOG_FLOOR, hidden_to_token_logprobs, sequence_logprobs, token_logprobs,
                             topk_with_tail)
 
 

@@ -7,7 +7,7 @@ import torch
 from baselines.ddpo import ddpo_loss
 from baselines.kd import kd_loss
 from baselines.sft import sft_loss
-from dadpo.logprobs import sequence_logprobs, token_logprobs, topk_with_tail
+from baselines.numerics import sequence_logprobs, token_logprobs, topk_with_tail
 from dadpo.objectives import EXTENSIONS, dadpo_loss, dadpo_margin, token_dadpo_loss
 
 DPO_KEYS = {"loss", "loss_at_ref", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracy",

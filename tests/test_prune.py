@@ -8,6 +8,8 @@ import torch
 
 from dadpo import prune
 from dadpo.cache import read_json
+from dadpo.chat import encode_example, prompt_text
+from dadpo.config import load_config
 from dadpo.testing import tiny_llama
 
 PROMPTS = ["Hello, how are you today?", "Write a short poem about the sea and the sky.",
@@ -49,7 +51,7 @@ def calib(tok):
 
 def _check_runs(model, tok):
     """Forward, and greedy generation with the KV cache equal to generation without it."""
-    ids = tok(prune.prompt_text(tok, PROMPTS[0]), add_special_tokens=False, return_tensors="pt").input_ids
+    ids = tok(prompt_text(tok, PROMPTS[0]), add_special_tokens=False, return_tensors="pt").input_ids
     kw = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, return_dict_in_generate=True,
               output_logits=True, pad_token_id=tok.pad_token_id)
     with torch.no_grad():
@@ -203,7 +205,8 @@ def test_response_nll_matches_the_model_loss(tok):
     model = llama(tok)
     nlls, counts = [], []
     for p, r in zip(PROMPTS[:3], REPLIES[:3]):
-        ids, plen = prune._encode_pair(tok, p, r, 512)
+        enc = encode_example(tok, p, r, 512, 256)  # as response_nll encodes: the prompt keeps max_len / 2
+        ids, plen = enc["input_ids"], enc["response_mask"].index(1)
         labels = torch.tensor([[-100] * plen + ids[plen:]])
         with torch.no_grad():
             nlls.append(model(torch.tensor([ids]), labels=labels).loss.item())
@@ -260,9 +263,10 @@ def test_cli_uses_in_domain_data(tok, tmp_path, monkeypatch, capsys):
     fake.load_in_domain = load_in_domain
     monkeypatch.setitem(sys.modules, "dadpo.data", fake)
     out = tmp_path / "cli_student"
-    assert prune.main(["--teacher", str(teacher), "--out", str(out), "--heads", "--calib", "3"]) == 0
+    assert prune.main(["--teacher", str(teacher), "--out", str(out), "--method", "width", "--heads", "--calib", "3"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["method"] == prune.DEFAULT_METHOD == "width" and report["heads_after"] < report["heads_before"]
+    assert report["method"] == "width" and report["heads_after"] < report["heads_before"]
+    assert prune.DEFAULT_METHOD == load_config().models.prune.method  # one default: the config's
     assert report["n_calibration"] == 3 and report["n_heldout"] == 2
     assert type(seen[0]).__name__ == "DataConfig" and seen[0].n_test >= 64  # held-out count asked for
     assert (out / "config.json").is_file()

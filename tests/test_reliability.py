@@ -300,7 +300,7 @@ def test_pruned_student_folder_is_verified_before_reuse(tiny, tmp_path, monkeypa
     import warnings
 
     import dadpo.prune
-    from dadpo.cache import read_json, write_json
+    from dadpo.cache import Cache, read_json, write_json
     from dadpo.config import load_config
     from dadpo.modeling import fingerprint
     from dadpo.pipeline import Pipeline
@@ -318,22 +318,22 @@ def test_pruned_student_folder_is_verified_before_reuse(tiny, tmp_path, monkeypa
     monkeypatch.setattr(dadpo.prune, "make_pruned_student", fake_prune)
     cfg = load_config(tiny.write_config(tmp_path / "c.yaml", **{
         "models.student": str(tiny.teacher), "models.prune": {"enabled": True, "calibration_prompts": 2}}))
-    first = Path(Pipeline(cfg, log=lambda *a: None).student_init)
+    first = Path(Pipeline(cfg, Cache.default(), log=lambda *a: None).student_init)
     fp, report = fingerprint(str(first)), dadpo.prune.report_path(first)
     assert len(calls) == 1 and read_json(report)["model_fingerprint"] == fp
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a sound entry is reused without a word
-        assert Pipeline(cfg, log=lambda *a: None).student_init == str(first) and len(calls) == 1
+        assert Pipeline(cfg, Cache.default(), log=lambda *a: None).student_init == str(first) and len(calls) == 1
     _flip(first / "model.safetensors")  # damaged in place
     with pytest.warns(UserWarning, match=f"cache entry {first} is corrupted"):
-        Pipeline(cfg, log=lambda *a: None).student_init
+        Pipeline(cfg, Cache.default(), log=lambda *a: None).student_init
     assert len(calls) == 2 and fingerprint(str(first)) == fp
     report.unlink()  # killed after the folder was renamed into place, before its report: not done
-    Pipeline(cfg, log=lambda *a: None).student_init
+    Pipeline(cfg, Cache.default(), log=lambda *a: None).student_init
     assert len(calls) == 3 and read_json(report)["model_fingerprint"] == fp
-    write_json(report, {"fake": True})  # a report from before fingerprints were recorded: sealed once
-    Pipeline(cfg, log=lambda *a: None).student_init
-    assert len(calls) == 3 and read_json(report)["model_fingerprint"] == fp
+    write_json(report, {"fake": True})  # a report that records no fingerprint proves nothing: recomputed
+    Pipeline(cfg, Cache.default(), log=lambda *a: None).student_init
+    assert len(calls) == 4 and read_json(report)["model_fingerprint"] == fp
 
 
 # -------------------------------------------------------------------------------- 3. judge faults

@@ -84,8 +84,8 @@ def test_api_key_is_never_written(tiny, tmp_path):
         server.close()
     assert r.returncode == 0, r.stderr[-3000:]
     assert server.requests >= 8
-    records = ROOT / "runs" / "table1_custom" / "records.jsonl"
-    assert records.is_file() and records.stat().st_mtime >= t0
+    records = out / "runs" / "table1_custom" / "records.jsonl"  # under --out, never the source tree
+    assert records.is_file() and records.stat().st_mtime >= t0 and not (ROOT / "runs" / "table1_custom").exists()
     recs = [json.loads(x) for x in records.read_text().splitlines()]
     api = [x for x in recs if x["judge"] == "api"]
     assert any(x["outcome"] == "failed" and "401" in x["failure"] for x in api)  # the echoing 401s happened

@@ -13,6 +13,7 @@ import re
 import sqlite3
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -122,6 +123,14 @@ class Judge:
     def __init__(self, cache: VerdictCache | None = None):
         self.cache = cache
         self.stats = {"items": 0, "cache_hits": 0, "judged": 0, "failed": 0, "seconds": 0.0}
+
+    @cached_property
+    def model(self):
+        """The judge's weights, loaded on first use: a run whose verdicts are all cached loads none."""
+        return self._load_model()
+
+    def _load_model(self):
+        raise NotImplementedError
 
     @property
     def identity(self) -> dict:
@@ -236,12 +245,29 @@ def resolve_model(spec: str) -> str:
     return spec
 
 
-def model_fingerprint(path: str, revision: str | None = None) -> str:
-    """Content hash of a model folder (dadpo.modeling's, memoised on disk); "hub:<id>[@commit]" for a hub id."""
+def model_fingerprint(path: str) -> str:
+    """Content hash of a model folder (dadpo.modeling's); "hub:<id>@<commit>" for a hub id, read from
+    its config (no weights are loaded)."""
     from dadpo.modeling import fingerprint
 
     fp = fingerprint(path)
-    return f"{fp}@{revision}" if fp.startswith("hub:") and revision else fp
+    if fp.startswith("hub:"):
+        from transformers import AutoConfig
+
+        revision = getattr(AutoConfig.from_pretrained(path), "_commit_hash", None)
+        return f"{fp}@{revision}" if revision else fp
+    return fp
+
+
+def load_judge_model(cls, path: str, what: str, **kwargs):
+    """Weights of a judge through the suite's one loader (safetensors only for local folders); a failure
+    is a one-line JudgeError naming the judge."""
+    from dadpo.modeling import load_pretrained
+
+    try:
+        return load_pretrained(cls, path, **kwargs)
+    except Exception as e:  # noqa: BLE001 - missing, damaged or unreachable weights: one line
+        raise JudgeError(f"{what}: cannot load {path!r}: {first_line(e)}") from None
 
 
 def pick_device(device: str | None) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from evals.judges.base import (VERDICT_LABELS, Judge, JudgeError, JudgeItem, Verdict, VerdictCache, first_line,
-                               model_fingerprint, pairwise_messages, pick_device, resolve_model, sha256_text,
+                               load_judge_model, model_fingerprint, pairwise_messages, pick_device, resolve_model, sha256_text,
                                template_hash)
 
 RESPONSE_PREFIX = "[["
@@ -26,30 +26,34 @@ class LocalJudge(Judge):
                  max_input_tokens: int = 4096, min_mass: float = 0.1, use_reference: bool = True,
                  cache: VerdictCache | None = None):
         super().__init__(cache)
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         if dtype not in DTYPES:
             raise JudgeError(f"local judge: dtype must be one of {', '.join(DTYPES)}")
         self.model_id = model
-        path = resolve_model(model)
+        self.path = resolve_model(model)
         self.device = pick_device(device)
-        # bf16 prefill is 2-3x faster than fp32 on CPU too (ASSETS.md); the dtype is in the identity.
+        # bf16 prefill is 2-3x faster than fp32 on CPU too (docs/assets.md); the dtype is in the identity.
         self.dtype = "bfloat16" if dtype == "auto" else dtype
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, self.dtype))
+            self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         except Exception as e:  # noqa: BLE001
             raise JudgeError(f"local judge: cannot load {model!r}: {first_line(e)}") from None
-        self.model.to(self.device).eval()
         if not self.tokenizer.chat_template:
             raise JudgeError(f"local judge: {model!r} has no chat template")
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
             else self.tokenizer.eos_token_id
-        self.fingerprint = model_fingerprint(path, getattr(self.model.config, "_commit_hash", None))
+        self.fingerprint = model_fingerprint(self.path)
         self.batch_size, self.max_input_tokens, self.min_mass = batch_size, max_input_tokens, min_mass
         self.use_reference = use_reference
         self.label_ids = self._label_ids()
+
+    def _load_model(self):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        model = load_judge_model(AutoModelForCausalLM, self.path, "local judge", dtype=getattr(torch, self.dtype))
+        return model.to(self.device).eval()
 
     def _render(self, item: JudgeItem) -> str:
         messages = pairwise_messages(item, self.use_reference)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from evals.judges.base import (Judge, JudgeError, JudgeItem, Verdict, VerdictCache, first_line,
-                               model_fingerprint, pick_device, resolve_model)
+                               load_judge_model, model_fingerprint, pick_device, resolve_model)
 
 SOURCE_PREFIX, CAND1_PREFIX, CAND2_PREFIX = "<|source|>", "<|candidate1|>", "<|candidate2|>"
 HF_FORMAT = {"llm-blender/PairRM": "llm-blender/PairRM-hf"}  # same weights, self-contained format
@@ -50,26 +50,26 @@ class PairRMJudge(Judge):
                  tie_margin: float = 0.0, cache: VerdictCache | None = None):
         super().__init__(cache)
         DebertaV2PairRM, self._tokenize_pair, self._lib_version = import_llm_blender()
-        from transformers import AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
         self.requested = model
         self.model_id = HF_FORMAT.get(model, model)
-        path = resolve_model(self.model_id)
+        self.path = resolve_model(self.model_id)
         self.device = pick_device(device)
+        self._model_class = DebertaV2PairRM
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = DebertaV2PairRM.from_pretrained(path).to(self.device).eval()
+            self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+            cfg = AutoConfig.from_pretrained(self.path)
         except Exception as e:  # noqa: BLE001 - hub unreachable, wrong folder: one line, not a traceback
             raise JudgeError(f"pairrm: cannot load {self.model_id!r} (a local folder, or a hub id with the hub "
                              f"reachable): {first_line(e)}") from None
-        cfg = self.model.config
         for attr in ("source_prefix_id", "cand1_prefix_id", "cand2_prefix_id"):
             if getattr(cfg, attr, None) is None:
                 raise JudgeError(f"pairrm: {self.model_id!r} is not a DebertaV2PairRM checkpoint (no {attr})")
         ids = self.tokenizer.convert_tokens_to_ids([SOURCE_PREFIX, CAND1_PREFIX, CAND2_PREFIX])
         if ids != [cfg.source_prefix_id, cfg.cand1_prefix_id, cfg.cand2_prefix_id]:
             raise JudgeError(f"pairrm: tokenizer and model of {self.model_id!r} disagree on the prefix tokens")
-        self.fingerprint = model_fingerprint(path, getattr(self.model.config, "_commit_hash", None))
+        self.fingerprint = model_fingerprint(self.path)
         self.source_max_length, self.candidate_max_length = source_max_length, candidate_max_length
         self.batch_size, self.tie_margin = batch_size, tie_margin
 
@@ -78,7 +78,10 @@ class PairRMJudge(Judge):
         return {"name": self.name, "model": self.model_id, "weights": self.fingerprint,
                 "llm_blender": self._lib_version, "source_max_length": self.source_max_length,
                 "candidate_max_length": self.candidate_max_length, "tie_margin": self.tie_margin,
-                "dtype": str(next(self.model.parameters()).dtype), "version": self.version}
+                "dtype": "torch.float32", "version": self.version}  # loaded in its saved (fp32) weights
+
+    def _load_model(self):
+        return load_judge_model(self._model_class, self.path, "pairrm").to(self.device).eval()
 
     def truncation(self, item: JudgeItem) -> dict:
         """Token counts and whether tokenize_pair cuts each part (its budgets, recomputed here)."""

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from evals.judges.base import (Judge, JudgeError, JudgeItem, Verdict, VerdictCache, first_line, model_fingerprint,
-                               pick_device, resolve_model)
+from evals.judges.base import (Judge, JudgeError, JudgeItem, Verdict, VerdictCache, first_line, load_judge_model,
+                               model_fingerprint, pick_device, resolve_model)
 
 
 class ReferenceJudge(Judge):
@@ -21,20 +21,24 @@ class ReferenceJudge(Judge):
                  max_seq_length: int = 256, batch_size: int = 32, device: str | None = None,
                  cache: VerdictCache | None = None):
         super().__init__(cache)
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoTokenizer
 
         if tie_margin < 0:
             raise JudgeError("reference judge: tie_margin must be >= 0")
         self.embedder = embedder
-        path = resolve_model(embedder)
+        self.path = resolve_model(embedder)
         self.device = pick_device(device)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModel.from_pretrained(path).to(self.device).eval()
+            self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         except Exception as e:  # noqa: BLE001
             raise JudgeError(f"reference judge: cannot load {embedder!r}: {first_line(e)}") from None
-        self.fingerprint = model_fingerprint(path, getattr(self.model.config, "_commit_hash", None))
+        self.fingerprint = model_fingerprint(self.path)
         self.tie_margin, self.max_seq_length, self.batch_size = tie_margin, max_seq_length, batch_size
+
+    def _load_model(self):
+        from transformers import AutoModel
+
+        return load_judge_model(AutoModel, self.path, "reference judge").to(self.device).eval()
 
     @property
     def identity(self) -> dict:

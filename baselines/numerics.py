@@ -1,4 +1,5 @@
-"""Per-token and per-sequence log-probabilities without full-vocabulary copies.
+"""Shared numerics (the bottom layer): per-token and per-sequence log-probabilities without
+full-vocabulary copies, and the teacher top-k + tail compression.
 
 Memory is the constraint here: for a Qwen-sized vocabulary (V ~ 152k) a [B, T, V] float32
 log_softmax copy of a 4 x 512 batch is 1.2 GB, and autograd would keep it alive until backward.
@@ -24,15 +25,15 @@ IGNORE_INDEX = -100
 LOG_FLOOR = -1.0e4
 # Finite stand-in for -inf when masking entries out of a logsumexp: a row that is fully masked
 # then gives ~-1e30 (later floored) instead of -inf, whose backward would be NaN.
-_MASKED = -1.0e30
+MASKED = -1.0e30
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """Accumulation dtype: float32 for half types, float64 stays float64."""
     return torch.promote_types(dtype, torch.float32)
 
 
-def _chunks(index: tuple[torch.Tensor, ...], chunk_size: int):
+def chunks(index: tuple[torch.Tensor, ...], chunk_size: int):
     """Split a `nonzero(as_tuple=True)` index into tuples of at most `chunk_size` positions."""
     n = index[0].numel()
     for s in range(0, n, chunk_size):
@@ -50,13 +51,13 @@ class _TokenLogprob(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, labels, chunk_size):
-        acc = _acc_dtype(logits.dtype)
+        acc = acc_dtype(logits.dtype)
         valid = labels != IGNORE_INDEX
         index = valid.nonzero(as_tuple=True)
         out = torch.zeros(labels.shape, dtype=acc, device=logits.device)
         lse = torch.empty(index[0].numel(), dtype=acc, device=logits.device)
         pos = 0
-        for idx in _chunks(index, chunk_size):
+        for idx in chunks(index, chunk_size):
             rows = logits[idx].to(acc)  # [c, V]: the only vocabulary-sized buffer (chunk-sized)
             lse_c = torch.logsumexp(rows, dim=-1)
             lse[pos:pos + lse_c.numel()] = lse_c
@@ -74,7 +75,7 @@ class _TokenLogprob(torch.autograd.Function):
         grad = torch.zeros(logits.shape, dtype=logits.dtype, device=logits.device)
         index = (labels != IGNORE_INDEX).nonzero(as_tuple=True)
         pos = 0
-        for idx in _chunks(index, ctx.chunk_size):
+        for idx in chunks(index, ctx.chunk_size):
             c = idx[0].numel()
             g = grad_out[idx].to(acc).unsqueeze(-1)  # [c, 1]
             # one float32 chunk buffer, updated in place: -g * softmax, then + g at the label
@@ -115,7 +116,7 @@ def sequence_logprobs(token_lp: torch.Tensor, mask: torch.Tensor, length_average
 
 def _hidden_chunk_logprobs(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                            labels: torch.Tensor) -> torch.Tensor:
-    logits = F.linear(h, weight, bias).to(_acc_dtype(h.dtype))  # [c, V], chunk-sized
+    logits = F.linear(h, weight, bias).to(acc_dtype(h.dtype))  # [c, V], chunk-sized
     return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
@@ -135,12 +136,12 @@ def hidden_to_token_logprobs(hidden: torch.Tensor, lm_head_weight: torch.Tensor,
                          f"{tuple(labels.shape)} disagree on the leading dimensions")
     if chunk_size < 1:
         raise ValueError("hidden_to_token_logprobs: chunk_size must be >= 1")
-    out = torch.zeros(labels.shape, dtype=_acc_dtype(hidden.dtype), device=hidden.device)
+    out = torch.zeros(labels.shape, dtype=acc_dtype(hidden.dtype), device=hidden.device)
     index = (labels != IGNORE_INDEX).nonzero(as_tuple=True)
     need_grad = torch.is_grad_enabled() and (hidden.requires_grad or lm_head_weight.requires_grad
                                              or (bias is not None and bias.requires_grad))
     parts = []
-    for idx in _chunks(index, chunk_size):
+    for idx in chunks(index, chunk_size):
         h, y = hidden[idx], labels[idx].long()
         if need_grad:
             parts.append(checkpoint(_hidden_chunk_logprobs, h, lm_head_weight, bias, y, use_reentrant=False))
@@ -174,7 +175,7 @@ def topk_with_tail(logits: torch.Tensor, k: int, temperature: float = 1.0, chunk
         raise ValueError(f"topk_with_tail: k must be in [1, {V}] (the vocabulary size), got {k}")
     if temperature <= 0:
         raise ValueError("topk_with_tail: temperature must be > 0")
-    acc = _acc_dtype(logits.dtype)
+    acc = acc_dtype(logits.dtype)
     lead = logits.shape[:-1]
     flat = logits.reshape(-1, V)  # teacher logits are usually contiguous, so this is a view
     if flat.shape[0] == 0:
@@ -185,7 +186,7 @@ def topk_with_tail(logits: torch.Tensor, k: int, temperature: float = 1.0, chunk
         rows = flat[s:s + chunk_size].to(acc) / temperature
         lse = torch.logsumexp(rows, dim=-1, keepdim=True)
         top, top_ids = rows.topk(k, dim=-1)
-        rest = rows.scatter(-1, top_ids, _MASKED)
+        rest = rows.scatter(-1, top_ids, MASKED)
         lps.append(top - lse)
         ids.append(top_ids)
         tails.append((torch.logsumexp(rest, dim=-1) - lse.squeeze(-1)).clamp(LOG_FLOOR, 0.0))

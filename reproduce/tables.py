@@ -1,0 +1,75 @@
+"""The result tables of a run: tidy rows, CSV files and the printed table."""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from dadpo.cache import atomic_write_text
+from reproduce.paper import PAPER_MODELS, paper_value
+
+RESULT_COLUMNS = [
+    "setting", "scale", "method", "extension", "beta2", "suite", "judge", "judge_model", "proxy",
+    "n", "wins", "ties", "losses", "failed", "win_rate", "win_rate_lo", "win_rate_hi",
+    "adj_win_rate", "adj_win_rate_lo", "adj_win_rate_hi",
+    "pref_rate", "pref_rate_lo", "pref_rate_hi",
+    "first_position_win_share", "student_len", "teacher_len",
+    "paper_metric", "paper_value", "paper_setting", "teacher", "student",
+]
+TRAINING_COLUMNS = ["method", "step", "epoch", "loss", "loss_at_ref", "lr", "grad_norm", "tokens",
+                    "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracy",
+                    "dadpo/teacher_term", "dadpo/margin_ref", "dadpo/delta_te"]
+
+
+def fmt(v) -> str:
+    """One CSV cell: floats with 6 significant digits, empty for missing."""
+    if v is None or v == "":
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: fmt(r.get(k)) for k in columns})
+    atomic_write_text(path, buf.getvalue())
+
+
+def result_rows(cfg, summary: list[dict], beta2_of: dict) -> list[dict]:
+    out = []
+    for s in summary:
+        method = s["student"]
+        metric, value = paper_value(cfg.setting, method, s["suite"])
+        out.append({**s, "setting": cfg.setting, "scale": cfg.scale, "method": method,
+                    "extension": method == "dadpo_token", "beta2": beta2_of.get(method, ""),
+                    "paper_metric": metric, "paper_value": value,
+                    "paper_setting": PAPER_MODELS[cfg.setting] if metric else "",
+                    "teacher": cfg.models.teacher,
+                    "student": cfg.models.student + (f" pruned {cfg.models.prune.target_share:.0%}"
+                                                     if cfg.models.prune.enabled else "")})
+    return out
+
+
+def training_rows(logs: dict[str, list[dict]]) -> list[dict]:
+    return [{**rec, "method": name} for name, log in sorted(logs.items()) for rec in log]
+
+
+def print_table(rows: list[dict]) -> None:
+    head = f"{'method':<20}{'suite':<13}{'judge':<10}{'n':>4} {'W/T/L':>10} {'win':>6} {'pref (95% CI)':>24} {'paper':>14}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        pref = (f"{r['pref_rate']:+.3f} [{r['pref_rate_lo']:+.2f},{r['pref_rate_hi']:+.2f}]"
+                if isinstance(r.get("pref_rate"), float) else "n/a")
+        paper = (f"{'pref' if r['paper_metric'] == 'pref_rate' else 'win'} {r['paper_value']:+.3f}"
+                 if r.get("paper_value") is not None else "")
+        judge = r["judge"] + ("*" if r.get("proxy") else "")
+        wtl = f"{r['wins']}/{r['ties']}/{r['losses']}"
+        win = f"{r['win_rate']:.3f}" if isinstance(r.get("win_rate"), float) else "n/a"
+        print(f"{r['method']:<20}{r['suite']:<13}{judge:<10}{r['n']:>4} {wtl:>10} {win:>6} {pref:>24} {paper:>14}")
+    print("* proxy judge (offline stand-in, not the paper's judge). paper = the paper's number for its own "
+          "models, shown for comparison only.")

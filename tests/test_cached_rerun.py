@@ -1,0 +1,35 @@
+"""A cached re-run recomputes nothing and loads no model: every stage's output is found by a key
+computable without the model (answers, precomputed scores, trained folders, judge verdicts)."""
+import pytest
+
+from rel_tiny import build_tiny
+from reproduce.run import main
+
+pytestmark = pytest.mark.slow  # the tiny experiment reads real ShareGPT prompts (offline:sharegpt)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, shared_assets):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DADPO_ASSETS", str(shared_assets))
+        return build_tiny(tmp_path_factory.mktemp("tiny_rerun"))
+
+
+def test_cached_rerun_loads_no_model_and_writes_the_same_results(tiny, tmp_path, one_thread, capsys):
+    from dadpo.modeling import LOADS
+
+    cfg = tiny.write_config(tmp_path / "c.yaml")
+    cache = tmp_path / "cache"
+    LOADS.clear()
+    assert main("table1", ["--config", str(cfg), "--out", str(tmp_path / "a"), "--cache", str(cache)]) == 0
+    first = dict(LOADS)
+    assert first.get("AutoModelForCausalLM", 0) >= 5 and first.get("AutoModel") == 1  # the counter sees loads
+    LOADS.clear()
+    capsys.readouterr()
+    assert main("table1", ["--config", str(cfg), "--out", str(tmp_path / "b"), "--cache", str(cache)]) == 0
+    printed = capsys.readouterr().out
+    assert dict(LOADS) == {}, LOADS
+    assert "train:" not in printed and "generate:" not in printed and "precompute:" not in printed, printed
+    for name in ("table1_custom.csv", "table1_custom_training.csv"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert (tmp_path / "b" / "runs" / "table1_custom" / "records.jsonl").is_file()
