@@ -4,8 +4,8 @@ Outcomes are "win", "tie", "loss" or "failed". Failed comparisons are counted bu
 and from every rate: n = wins + ties + losses.
 - win rate = wins / n
 - adjusted win rate = (wins + ties / 2) / n
-- preference rate = (wins - losses) / n  (METHOD.md's reading of the paper's term; -0.073 means the
-  student is preferred slightly less often than the teacher)
+- preference rate = (wins - losses) / n  (our reading of the paper's term; -0.073 means the student is
+  preferred slightly less often than the teacher)
 Intervals: paired bootstrap over prompts (each resample draws n prompts with replacement, keeping a
 prompt's student and teacher answers and both order verdicts together), percentile method, seeded.
 Answer lengths are in whitespace-separated words (tokenizer-independent, so comparable across
@@ -26,6 +26,7 @@ LENGTH_UNIT = "words"
 
 
 def counts(outcomes: Iterable[str]) -> dict:
+    """{"n": judged, "wins", "ties", "losses", "failed"}; ValueError on an unknown outcome."""
     outcomes = list(outcomes)
     bad = set(outcomes) - {"win", "tie", "loss", "failed"}
     if bad:
@@ -43,13 +44,20 @@ def rates(wins, ties, losses):
                 "pref_rate": np.divide(wins - losses, n)}
 
 
-def _indicators(outcomes: Sequence[str]) -> np.ndarray:
-    """(n_judged, 3) 0/1 columns win, tie, loss; failed comparisons dropped."""
+def outcome_indicators(outcomes: Sequence[str]) -> np.ndarray:
+    """(n_judged, 3) float array of 0/1 columns win, tie, loss; failed comparisons dropped."""
     judged = [o for o in outcomes if o != "failed"]
     return np.array([[o == "win", o == "tie", o == "loss"] for o in judged], dtype=np.float64).reshape(-1, 3)
 
 
-def _percentiles(samples: dict, level: float) -> dict:
+def paired_indicators(a: Mapping[str, str], b: Mapping[str, str]) -> tuple[np.ndarray, np.ndarray]:
+    """outcome_indicators of two students over the prompts judged (not failed) for both, in prompt-id order."""
+    ids = sorted(k for k in a.keys() & b.keys() if a[k] != "failed" and b[k] != "failed")
+    return outcome_indicators([a[k] for k in ids]), outcome_indicators([b[k] for k in ids])
+
+
+def percentile_intervals(samples: dict, level: float) -> dict:
+    """{name: (low, high)}: the central `level` percentile interval of each array of bootstrap samples."""
     q = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
     return {k: tuple(float(x) for x in np.percentile(v, q)) for k, v in samples.items()}
 
@@ -59,13 +67,13 @@ def bootstrap_intervals(outcomes: Sequence[str], n_resamples: int = 1000, seed: 
     """{rate: (low, high)} from a paired bootstrap over prompts; NaN bounds when nothing was judged."""
     if n_resamples < 1000:
         raise ValueError("n_resamples must be >= 1000")
-    x = _indicators(outcomes)
+    x = outcome_indicators(outcomes)
     if len(x) == 0:
         return {k: (math.nan, math.nan) for k in RATES}
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(x), size=(n_resamples, len(x)))
     s = x[idx].sum(axis=1)  # (n_resamples, 3)
-    return _percentiles(rates(s[:, 0], s[:, 1], s[:, 2]), level)
+    return percentile_intervals(rates(s[:, 0], s[:, 1], s[:, 2]), level)
 
 
 def paired_bootstrap_difference(a: Mapping[str, str], b: Mapping[str, str], n_resamples: int = 1000,
@@ -74,25 +82,39 @@ def paired_bootstrap_difference(a: Mapping[str, str], b: Mapping[str, str], n_re
     {rate: (difference, low, high)} resampling the shared prompts judged for both."""
     if n_resamples < 1000:
         raise ValueError("n_resamples must be >= 1000")
-    ids = sorted(k for k in a.keys() & b.keys() if a[k] != "failed" and b[k] != "failed")
-    if not ids:
+    xa, xb = paired_indicators(a, b)
+    if len(xa) == 0:
         return {k: (math.nan, math.nan, math.nan) for k in RATES}
-    xa, xb = _indicators([a[k] for k in ids]), _indicators([b[k] for k in ids])
     point = {k: float(rates(*xa.sum(0))[k] - rates(*xb.sum(0))[k]) for k in RATES}
-    idx = np.random.default_rng(seed).integers(0, len(ids), size=(n_resamples, len(ids)))
+    idx = np.random.default_rng(seed).integers(0, len(xa), size=(n_resamples, len(xa)))
     sa, sb = xa[idx].sum(1), xb[idx].sum(1)
     ra, rb = rates(sa[:, 0], sa[:, 1], sa[:, 2]), rates(sb[:, 0], sb[:, 1], sb[:, 2])
-    ci = _percentiles({k: ra[k] - rb[k] for k in RATES}, level)
+    ci = percentile_intervals({k: ra[k] - rb[k] for k in RATES}, level)
     return {k: (point[k], *ci[k]) for k in RATES}
 
 
 def word_count(text: str) -> int:
+    """Number of whitespace-separated words."""
     return len(text.split())
 
 
 def mean_words(texts: Iterable[str]) -> float:
+    """Mean word count of the texts; NaN for none."""
     lens = [word_count(t) for t in texts]
     return float(np.mean(lens)) if lens else math.nan
+
+
+def token_length_summary(answers: Iterable[tuple[int, bool]], max_new_tokens: int) -> dict:
+    """Answer lengths in generated tokens, from (n_tokens, finished) per answer, `finished` meaning the
+    answer ended with end-of-turn. An answer is cut when n_tokens == max_new_tokens and it did not finish.
+    Returns {"n", "mean_tokens", "cut", "cut_share", "max_new_tokens"} (NaN mean and share for no answers)."""
+    answers = [(int(n), bool(f)) for n, f in answers]
+    if any(n < 0 or n > max_new_tokens for n, _ in answers):
+        raise ValueError(f"token counts must lie in [0, max_new_tokens={max_new_tokens}]")
+    cut = sum(n == max_new_tokens and not f for n, f in answers)
+    mean = float(np.mean([n for n, _ in answers])) if answers else math.nan
+    return {"n": len(answers), "mean_tokens": mean, "cut": cut,
+            "cut_share": cut / len(answers) if answers else math.nan, "max_new_tokens": max_new_tokens}
 
 
 def summarize(outcomes: Sequence[str], student_answers: Sequence[str], teacher_answers: Sequence[str],

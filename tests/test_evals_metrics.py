@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from evals.metrics import (bootstrap_intervals, counts, mean_words, paired_bootstrap_difference, rates, summarize,
-                           teacher_nll, token_kl)
+                           teacher_nll, token_kl, token_length_summary)
 
 OUT = ["win"] * 3 + ["tie"] * 2 + ["loss"] * 4 + ["failed"]
 
@@ -62,6 +62,16 @@ def test_paired_bootstrap_difference():
     assert d["win_rate"][1] < 0.5 < d["win_rate"][2]
     b["0"] = "failed"  # dropped for both students
     assert paired_bootstrap_difference(a, b, 1000)["win_rate"][0] == pytest.approx(19 / 39)
+
+
+def test_token_length_summary_by_hand():
+    # cut: at the limit without end-of-turn; an answer that ends exactly at the limit with end-of-turn is not
+    s = token_length_summary([(10, True), (64, False), (64, True), (30, False)], max_new_tokens=64)
+    assert s == {"n": 4, "mean_tokens": 42.0, "cut": 1, "cut_share": 0.25, "max_new_tokens": 64}
+    empty = token_length_summary([], 64)
+    assert empty["n"] == 0 and math.isnan(empty["mean_tokens"]) and math.isnan(empty["cut_share"])
+    with pytest.raises(ValueError, match="max_new_tokens=64"):
+        token_length_summary([(65, False)], 64)
 
 
 def test_teacher_nll_by_hand():
