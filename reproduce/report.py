@@ -175,8 +175,8 @@ def _method_cell(row: dict) -> str:
     notes = []
     if str(row.get("extension")) == "True":
         notes.append("extension, not in the paper")
-    if row.get("beta2") not in (None, ""):
-        notes.append(f"beta2={_fmt(row['beta2'], 4)}")
+    if _num(row.get("beta2")) is not None:
+        notes.append(f"beta2={_num(row['beta2']):g}")
     extra = f" <span class=note>({esc(', '.join(notes))})</span>" if notes else ""
     return f"<th scope=row>{esc(row.get('method'))}{extra}</th>"
 
@@ -305,6 +305,20 @@ def _page(stem: str, head: str, sections: list[tuple[str, str, str]], meta: dict
             f"<script>{JS}</script></body></html>")
 
 
+def _header(stem: str, rows: list[dict], prov: dict) -> str:
+    first = rows[0] if rows else {}
+    proxies = sorted({r.get("judge", "") for r in rows if str(r.get("proxy")) == "True"})
+    head = (f"<h1>{esc(stem)}: {esc(pair_label(first.get('teacher', '?'), first.get('student', '?')))}</h1>"
+            f"<p>setting {esc(first.get('setting'))}, scale {esc(first.get('scale'))}, commit "
+            f"<code>{esc(prov.get('git_sha', 'unknown'))}</code>, started {esc(prov.get('started_utc', '?'))}</p>")
+    if proxies:
+        head += (f"<p class=proxy>Proxy results: judge {esc(', '.join(proxies))} is an offline stand-in for "
+                 f"the paper's judge; its verdicts are not the paper's measure.</p>")
+    if prov.get("reconstructed"):
+        head += f"<p class=note>{esc(prov['reconstructed'])}</p>"
+    return head
+
+
 def build_report(results_dir: Path, stem: str, run_dir: Path | None = None, out: Path | None = None) -> Path:
     """Write {results_dir}/{stem}_report.html (or `out`) and, for large runs, its answers sidecar;
     returns the page's path. run_dir: the run folder (records.jsonl, answers/); found by
@@ -323,27 +337,17 @@ def build_report(results_dir: Path, stem: str, run_dir: Path | None = None, out:
     out = Path(out) if out else results_dir / f"{stem}_report.html"
     sidecar = out.with_name(out.name.removesuffix(".html") + ".answers.json.gz")
 
-    first = rows[0] if rows else {}
-    proxies = sorted({r.get("judge", "") for r in rows if str(r.get("proxy")) == "True"})
-    head = (f"<h1>{esc(stem)}: {esc(pair_label(first.get('teacher', '?'), first.get('student', '?')))}</h1>"
-            f"<p>setting {esc(first.get('setting'))}, scale {esc(first.get('scale'))}, commit "
-            f"<code>{esc(prov.get('git_sha', 'unknown'))}</code>, started {esc(prov.get('started_utc', '?'))}</p>")
-    if proxies:
-        head += (f"<p class=proxy>Proxy results: judge {esc(', '.join(proxies))} is an offline stand-in for "
-                 f"the paper's judge; its verdicts are not the paper's measure.</p>")
-    if prov.get("reconstructed"):
-        head += f"<p class=note>{esc(prov['reconstructed'])}</p>"
+    head = _header(stem, rows, prov)
     tables = (results_tables(rows, columns) + "<p class=note>W / T / L: the student's wins, ties and losses "
               "against the teacher over both answer orders; the paper's value is its number for its own "
               "models, shown for comparison only.</p>")
-    meta = {"stem": stem, "page_size": PAGE_SIZE, "outcomes": OUTCOMES, "sidecar": None,
-            "run_dir": str(run_dir) if run_dir else None}
+    meta = {"stem": stem, "page_size": PAGE_SIZE, "outcomes": OUTCOMES, "sidecar": None}
     data_json = "null" if data is None else script_json(data)
     sections = [("tables", "Results", tables), ("figures", "Figures and training curves",
                                                 figures_section(results_dir, stem) + training_summary(prov)),
                 ("provenance", "Provenance", provenance_section(prov) if prov else "<p>no provenance file</p>")]
-    browser = ("<div id=browser-status></div><div id=filters></div><div id=pager></div>"
-               "<div id=cards></div><div id=pager-bottom></div>")
+    browser = (f"<p class=note>From the run folder {esc(run_dir)}.</p><div id=browser-status></div>"
+               "<div id=filters></div><div id=pager></div><div id=cards></div><div id=pager-bottom></div>")
     if data is None:
         browser = (f"<p>No run folder (records.jsonl, answers/) for {esc(stem)} was found in "
                    f"{esc(results_dir / 'runs' / stem)} or {esc(ROOT / 'runs' / stem)}: give one with --run.</p>")

@@ -13,7 +13,7 @@ nav a{margin-right:1em}
 table{border-collapse:collapse;margin:.4rem 0 1.2rem;font-size:13px}
 th,td{border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top}
 thead th{background:#f3f3f3}
-table.results td{white-space:nowrap}
+table.results td{white-space:nowrap} table.results td.note{white-space:normal;min-width:12em}
 caption{text-align:left;font-weight:600;padding:4px 0}
 .ci,.note,.words{color:#666;font-size:12px}
 .proxy{color:#7a4100;background:#fff1dc;padding:0 4px;font-weight:600}

@@ -1,8 +1,9 @@
 """The HTML report (reproduce.report) and the figures it embeds (reproduce.figures).
 
 Every test builds a tiny synthetic run itself (result CSV, training CSV, provenance, records.jsonl,
-answers/). The browser tests open the page in headless Chromium through file:// and check what it
-shows after filtering (DOM and a screenshot); they skip where no Chromium is installed. To run them:
+answers/). The browser tests open the page in headless Chromium through file:// (one through a local
+http.server, where the page fetches its answers sidecar by itself) and check what it shows after
+filtering (DOM and a screenshot); they skip where no Chromium is installed. To run them:
 
     apt-get install -y chromium chromium-driver      # Debian; or point $CHROMIUM at a binary
     PYTHONPATH=$PWD python -m pytest -q tests/test_report.py
@@ -13,14 +14,16 @@ Chromium is driven with --dump-dom and, for interaction, the DevTools protocol o
 from __future__ import annotations
 
 import base64
-import csv
+import functools
 import gzip
+import http.server
 import io
 import json
 import os
 import select
 import shutil
 import subprocess
+import threading
 import time
 from html.parser import HTMLParser
 from pathlib import Path
@@ -470,3 +473,19 @@ def test_browser_reads_the_sidecar_through_the_file_picker(tmp_path, browser, mo
     node = browser.call("DOM.querySelector", nodeId=doc, selector="#sidecar-file")["nodeId"]
     browser.call("DOM.setFileInputFiles", nodeId=node, files=[str(results / f"{STEM}_report.answers.json.gz")])
     assert browser.wait_for(CARDS) == expected_cards(outcome="loss") == 4
+
+
+@needs_chromium
+def test_browser_fetches_the_sidecar_when_served(tmp_path, browser, monkeypatch):
+    results, _ = write_run(tmp_path)
+    monkeypatch.setattr(report, "MAX_INLINE_BYTES", 2000)
+    path = report.build_report(results, STEM, None)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(results))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            browser.open(f"http://127.0.0.1:{server.server_port}/{path.name}")
+            assert browser.wait_for(CARDS) == 5  # loaded by itself, no picker
+            assert "loaded from the sidecar" in browser.js("document.getElementById('browser-status').textContent")
+        finally:
+            server.shutdown()
