@@ -339,6 +339,9 @@ def test_pruned_student_folder_is_verified_before_reuse(tiny, tmp_path, monkeypa
 # -------------------------------------------------------------------------------- 3. judge faults
 FAULT_KEY = "sk-faulty-0000"
 FAULTS = ("429", "500", "timeout", "garbled")
+# What a verdict that failed on each fault kind names as its last error (openai client exception types)
+FAULT_REASON = {"429": "last error RateLimitError (HTTP 429)", "500": "last error InternalServerError (HTTP 500)",
+                "timeout": "last error APITimeoutError", "garbled": "last error JSONDecodeError"}
 
 
 def faulty_chat(rate: float, seed: int):
@@ -352,7 +355,8 @@ class _Faulty:
     """Mixed into FakeChat (test_evals_api) whose faults are not written in the prompt but drawn: each request
     fails with probability `rate`, seeded by (request body, how often that body was seen), so the
     fault pattern is the same whatever the thread order. Verdict rule as FakeChat: longer answer
-    wins. Counts requests and billed (usage-carrying) replies per body."""
+    wins. Counts requests and billed (usage-carrying) replies per body, and keeps the faults served
+    per prompt text (the user message)."""
 
     def __init__(self, rate: float = 0.3, seed: int = 0):
         super().__init__()  # FakeChat: a threaded HTTP server on 127.0.0.1
@@ -360,6 +364,7 @@ class _Faulty:
         self.billed: dict[bytes, int] = {}
         self.asked: dict[bytes, int] = {}
         self.faults = dict.fromkeys(FAULTS, 0)
+        self.served: dict[str, list[str]] = {}
 
     def handle(self, h):
         body = h.rfile.read(int(h.headers.get("Content-Length", 0)))
@@ -370,20 +375,23 @@ class _Faulty:
         if h.headers.get("Authorization") != f"Bearer {FAULT_KEY}":
             return self.reply(h, 401, b'{"error": {"message": "bad key"}}')
         u = int(hashlib.sha256(f"{self.seed}|{n_seen}|".encode() + body).hexdigest()[:8], 16) / 16**8
-        if u < self.rate:
-            fault = FAULTS[min(3, int(u / self.rate * 4))]
-            with self.lock:
+        req = json.loads(body)
+        user = req["messages"][-1]["content"]
+        fault = FAULTS[min(3, int(u / self.rate * 4))] if u < self.rate else "ok"
+        with self.lock:
+            self.served.setdefault(user, []).append(fault)
+            if fault in self.faults:
                 self.faults[fault] += 1
-            if fault == "timeout":
-                time.sleep(1.2)  # past the client's timeout
-                return self.reply(h, 200, b"{}")
-            if fault == "garbled":
-                return self.reply(h, 200, b'{"id": "x", "choices": [ {"message": garbled')
+        if fault == "timeout":
+            time.sleep(1.2)  # past the client's timeout
+            return self.reply(h, 200, b"{}")
+        if fault == "garbled":
+            return self.reply(h, 200, b'{"id": "x", "choices": [ {"message": garbled')
+        if fault != "ok":
             return self.reply(h, int(fault), b'{"error": {"message": "try later"}}')
         from test_evals_api import ANSWER_RE
 
-        req = json.loads(body)
-        answers = dict(ANSWER_RE.findall(req["messages"][-1]["content"]))
+        answers = dict(ANSWER_RE.findall(user))
         la, lb = len(answers["A"]), len(answers["B"])
         verdict = "[[A]]" if la > lb else "[[B]]" if lb > la else "[[C]]"
         resp = {"id": "c1", "object": "chat.completion", "created": 0, "model": req["model"],
@@ -397,21 +405,25 @@ class _Faulty:
 
 def test_judge_run_survives_faults_and_never_pays_twice(tmp_path, monkeypatch):
     import evals.run as erun
+    from evals.judges import JudgeItem
     from evals.judges.api import Backoff
+    from evals.judges.base import pairwise_messages
+    from evals.protocol import STUDENT_FIRST
 
     monkeypatch.setenv("OPENAI_API_KEY", FAULT_KEY)
     real_kwargs = erun._judge_kwargs  # short timeout and back-off for the test; the code path is the CLI's
     monkeypatch.setattr(erun, "_judge_kwargs", lambda name, args: {
-        **real_kwargs(name, args), "timeout": 0.4, "max_attempts": 2, "backoff": Backoff(base=0.01, seed=0)})
+        **real_kwargs(name, args), "timeout_s": 0.4, "max_attempts": 2, "backoff": Backoff(base=0.01, seed=0)})
     ans = tmp_path / "answers"
     ans.mkdir()
     n = 24
     rows = [{"id": f"q{i}", "prompt": f"question {i}", "answer": "t" * 5} for i in range(n)]
     (ans / "teacher.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    for name, f in (("short", lambda i: 1 + i % 9), ("long", lambda i: 3 + 2 * (i % 5))):
-        (ans / f"{name}.jsonl").write_text("".join(json.dumps({**r, "answer": "s" * f(i)}) + "\n"
+    students = {"short": lambda i: "s" * (1 + i % 9), "long": lambda i: "s" * (3 + 2 * (i % 5))}
+    for name, f in students.items():
+        (ans / f"{name}.jsonl").write_text("".join(json.dumps({**r, "answer": f(i)}) + "\n"
                                                    for i, r in enumerate(rows)))
-    server = faulty_chat(rate=0.3, seed=1)
+    server = faulty_chat(rate=0.3, seed=2)
     args = ["--suite", "mt_bench", "--judge", "api", "--teacher", str(ans / "teacher.jsonl"),
             "--student", f"short={ans / 'short.jsonl'}", "--student", f"long={ans / 'long.jsonl'}",
             "--api-base-url", server.url, "--concurrency", "4", "--cache", str(tmp_path / "v.sqlite")]
@@ -419,6 +431,7 @@ def test_judge_run_survives_faults_and_never_pays_twice(tmp_path, monkeypatch):
         assert erun.main([*args, "--out", str(tmp_path / "out1")]) == 0
         first = [json.loads(x) for x in (tmp_path / "out1/mt_bench/api/records.jsonl").read_text().splitlines()]
         asked_first, billed_first = dict(server.asked), dict(server.billed)
+        served_first = {k: list(v) for k, v in server.served.items()}
         assert erun.main([*args, "--out", str(tmp_path / "out2")]) == 0
         second = [json.loads(x) for x in (tmp_path / "out2/mt_bench/api/records.jsonl").read_text().splitlines()]
     finally:
@@ -429,14 +442,22 @@ def test_judge_run_survives_faults_and_never_pays_twice(tmp_path, monkeypatch):
     assert 0.15 < sum(server.faults.values()) / total < 0.45  # about 30% of all calls failed
     failed = [r for r in first if r["outcome"] == "failed"]
     assert failed and len(failed) < len(first)
+    failed_on = dict.fromkeys(FAULTS, 0)
     for r in first:  # every comparison: judged, or failed with a reason naming the error
         assert r["outcome"] in ("win", "tie", "loss", "failed")
-        if r["outcome"] == "failed":
-            assert r["failure"] and ("HTTP 429" in r["failure"] or "HTTP 500" in r["failure"]
-                                     or "Timeout" in r["failure"] or "JSON" in r["failure"]
-                                     or "Error" in r["failure"]), r["failure"]
-        else:
-            assert r["failure"] is None
+        assert (r["failure"] is not None) == (r["outcome"] == "failed")
+        i = int(r["prompt_id"][1:])
+        t, student = rows[i], students[r["student"]](i)
+        for order, v in r["verdicts"].items():
+            if v["verdict"] is not None:
+                continue
+            a, b = (student, t["answer"]) if order == STUDENT_FIRST else (t["answer"], student)
+            user = pairwise_messages(JudgeItem(t["prompt"], a, b))[1]["content"]
+            last = served_first[user][-1]  # the fault its last attempt got names the reason, exactly
+            assert v["failure"].startswith(f"gave up after 2 attempts; {FAULT_REASON[last]}"), (last, v["failure"])
+            assert f"{order}: {v['failure']}" in r["failure"]
+            failed_on[last] += 1
+    assert all(failed_on.values()), failed_on  # each kind of fault was the last error of some verdict
     assert all(v <= 1 for v in server.billed.values()), "a request body was billed twice"
     # re-run: every earlier success is served from the cache (its request is never sent again),
     # every earlier failure is asked again (failures are never cached)
