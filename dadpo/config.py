@@ -289,7 +289,8 @@ def _one_line(e: ValidationError) -> ConfigError:
         loc, msg = loc[:-2], f"unknown key {err['input']!r} (must be {ctx['expected']})"
     else:
         bound = next((f"must be {op} {ctx[b]}" for b, op in _BOUNDS.items() if b in ctx), None)
-        msg = f"{bound or _MESSAGES.get(kind, err['msg']).format(**ctx)}, got {repr(err['input'])[:80]}"
+        short = _MESSAGES[kind].format(**ctx) if kind in _MESSAGES else err["msg"]
+        msg = f"{bound or short}, got {repr(err['input'])[:80]}"
     key = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
     return ConfigError(f"config: {key or '(top level)'}: {msg}")
 
