@@ -1,215 +1,263 @@
-"""Experiment configuration: typed dataclasses loaded from YAML, with `section.key=value` overrides.
+"""Experiment configuration: typed sections loaded from YAML, with `section.key=value` overrides.
 
-Every value is checked on load: an unknown key, a wrong type or an out-of-range value raises
-`ConfigError` with a one-line message naming the key. UNCERTAIN choices of the paper (METHOD.md)
-are options here, with METHOD.md's defaults.
+Each section is a pydantic dataclass whose fields declare the type, choices (Literal) and range of every
+value. `load_config` and `validate()` raise `ConfigError`, one line naming the key, for an unknown key, a
+wrong type, an out-of-range or non-finite number, or settings that contradict each other; construction,
+assignment and `dataclasses.replace` check the same and raise pydantic's ValidationError (a ValueError).
+UNCERTAIN choices of the paper are options here.
 """
-from __future__ import annotations
-
 import dataclasses
 import hashlib
 import json
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal, Sequence
 
 import yaml
+from pydantic import (AfterValidator, BeforeValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError,
+                      model_validator)
+from pydantic.dataclasses import dataclass
+
+from baselines.kd import DIVERGENCES
+from dadpo.prune import METHODS as PRUNE_METHODS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "reproduce" / "configs"
 METHODS = ("sft", "ddpo", "dadpo", "kd", "dadpo_token")  # trainable objectives
 ROWS = ("student", "sft", "kd", "ddpo", "dadpo")  # rows of the paper's tables (student = untrained)
-DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl")
 SUITES = ("in_domain", "mt_bench", "vicuna80", "alpaca_eval", "arena_hard")
 JUDGES = ("reference", "local", "pairrm", "api")
 SCALES = ("smoke", "default", "gpu", "paper", "custom")
+DTYPES = Literal["auto", "bfloat16", "float32"]
 
 
 class ConfigError(ValueError):
     """A config value that cannot be used; the message is one line naming the key."""
 
 
-def _check(cond: bool, key: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(f"config: {key}: {msg}")
+class _Invalid(ValueError):
+    """A failed check across fields; `key`, relative to the checking section, names the value to change."""
+
+    def __init__(self, key: str, msg: str):
+        super().__init__(msg)
+        self.key = key
 
 
-@dataclass
+def trainable_methods() -> tuple[str, ...]:
+    """What `methods` (besides "student", the untrained row) and `extensions` may name."""
+    return METHODS
+
+
+def _trainable(what: str, extra: tuple[str, ...] = ()) -> AfterValidator:
+    def check(name: str) -> str:
+        if name not in extra + trainable_methods():
+            raise ValueError(f"unknown {what} {name!r} (known: {', '.join(extra + trainable_methods())})")
+        return name
+    return AfterValidator(check)
+
+
+def _unique(values: list) -> list:
+    if dups := [v for i, v in enumerate(values) if v in values[:i]]:
+        raise ValueError(f"{dups[0]!r} is listed twice")
+    return values
+
+
+def _yaml_number(value):  # YAML 1.1 reads "1e-5" as a string
+    try:
+        return float(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
+
+
+def Number(**bounds):
+    """A finite float within pydantic's gt/ge/lt/le `bounds`; ints are accepted, bools are not."""
+    return Annotated[float, Strict(), BeforeValidator(_yaml_number), Field(**bounds)]
+
+
+def Integer(**bounds):
+    return Annotated[int, Strict(), Field(**bounds)]
+
+
+Bool, Seed, Unique = Annotated[bool, Strict()], Integer(ge=0, lt=2**32), AfterValidator(_unique)
+
+
+def _new(factory):  # a mutable default
+    return dataclasses.field(default_factory=factory)
+
+
+def _section(cls):
+    """A checked dataclass. An assignment that fails leaves the old value (pydantic keeps the new one
+    when a check across fields fails)."""
+    cls = dataclass(cls, config=ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True))
+    checked_setattr = cls.__setattr__
+
+    def __setattr__(self, name, value):
+        old = self.__dict__.copy()
+        try:
+            checked_setattr(self, name, value)
+        except ValidationError:
+            self.__dict__.update(old)
+            raise
+
+    cls.__setattr__ = __setattr__
+    return cls
+
+
+@_section
 class PruneConfig:
-    enabled: bool = False
-    target_share: float = 0.2  # share of parameters to remove
-    method: str = "layers+width"  # layers | width | layers+width
-    calibration_prompts: int = 8
-
-    def validate(self, p: str) -> None:
-        _check(0.0 < self.target_share < 0.9, f"{p}.target_share", "must be in (0, 0.9)")
-        _check(self.method in ("layers", "width", "layers+width"), f"{p}.method",
-               "must be one of layers, width, layers+width")
-        _check(self.calibration_prompts >= 1, f"{p}.calibration_prompts", "must be >= 1")
+    enabled: Bool = False
+    target_share: Number(gt=0, lt=0.9) = 0.2  # share of parameters to remove
+    method: Literal[PRUNE_METHODS] = "layers+width"
+    calibration_prompts: Integer(ge=1) = 8
 
 
-@dataclass
+@_section
 class ModelsConfig:
     teacher: str = "offline:smollm2-135m-instruct"
     student: str = "offline:smollm2-135m-instruct"  # pruned when prune.enabled
-    prune: PruneConfig = field(default_factory=PruneConfig)
-    dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU for training) | bfloat16 | float32
-    allow_padded_vocab: bool = False  # accept e.g. 151936 vs 152064 embedding rows
-    trust_remote_code: bool = False
-
-    def validate(self, p: str) -> None:
-        _check(self.dtype in ("auto", "bfloat16", "float32"), f"{p}.dtype",
-               "must be auto, bfloat16 or float32")
-        self.prune.validate(f"{p}.prune")
+    prune: PruneConfig = _new(PruneConfig)
+    dtype: DTYPES = "auto"  # auto = bf16 on GPU, fp32 on CPU for training
+    allow_padded_vocab: Bool = False  # accept e.g. 151936 vs 152064 embedding rows
+    trust_remote_code: Bool = False
+    # random = randomly initialised models of the named architectures: time/memory shape runs only
+    init: Literal["pretrained", "random"] = "pretrained"
 
 
-@dataclass
+@_section
 class DataConfig:
     prompts: str = "offline:sharegpt"
-    n_train: int = 64
-    n_test: int = 32
-    min_chars: int = 10
-    max_chars: int = 2000
-    max_prompt_tokens: int = 256  # longer prompts are truncated with a warning
-    split_seed: int = 0
+    n_train: Integer(ge=1) = 64
+    n_test: Integer(ge=1) = 32
+    min_chars: Integer(ge=0) = 10
+    max_chars: Integer(ge=1) = 2000
+    max_prompt_tokens: Integer(ge=8) = 256  # longer prompts are truncated with a warning
+    split_seed: Seed = 0
 
-    def validate(self, p: str) -> None:
-        _check(self.n_train >= 1, f"{p}.n_train", "must be >= 1")
-        _check(self.n_test >= 1, f"{p}.n_test", "must be >= 1")
-        _check(0 <= self.min_chars < self.max_chars, f"{p}.min_chars", "must be >= 0 and < max_chars")
-        _check(self.max_prompt_tokens >= 8, f"{p}.max_prompt_tokens", "must be >= 8")
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.min_chars >= self.max_chars:
+            raise _Invalid("min_chars", f"must be < max_chars ({self.max_chars})")
+        return self
 
 
-@dataclass
+@_section
 class GenerationConfig:
-    temperature: float = 0.7
-    top_p: float = 0.95
-    max_new_tokens: int = 128
-    batch_size: int = 16
-    student_sampler: str = "dsft"  # dsft | raw: which student samples the rejected answers
-    dtype: str = "auto"  # auto = bf16 where it is faster (GPU, and CPU per ASSETS.md)
-
-    def validate(self, p: str) -> None:
-        _check(self.temperature >= 0, f"{p}.temperature", "must be >= 0")
-        _check(0 < self.top_p <= 1, f"{p}.top_p", "must be in (0, 1]")
-        _check(self.max_new_tokens >= 1, f"{p}.max_new_tokens", "must be >= 1")
-        _check(self.batch_size >= 1, f"{p}.batch_size", "must be >= 1")
-        _check(self.student_sampler in ("dsft", "raw"), f"{p}.student_sampler", "must be dsft or raw")
-        _check(self.dtype in ("auto", "bfloat16", "float32"), f"{p}.dtype",
-               "must be auto, bfloat16 or float32")
+    temperature: Number(ge=0) = 0.7
+    top_p: Number(gt=0, le=1) = 0.95
+    max_new_tokens: Integer(ge=1) = 128
+    batch_size: Integer(ge=1) = 16
+    student_sampler: Literal["dsft", "raw"] = "dsft"  # which student samples the rejected answers
+    dtype: DTYPES = "auto"  # auto = bf16 where it is faster (GPU and CPU)
+    backend: Literal["auto", "eager", "static"] = "auto"  # decoding: eager, or static KV cache (compiled)
 
 
-@dataclass
+@_section
 class TrainConfig:
-    lr: float = 5e-6
-    sft_lr: float = 2e-5
-    epochs: float = 1.0
-    sft_epochs: float = 1.0
-    per_device_batch: int = 4
-    global_batch: int = 8  # kept fixed: accumulation = global / (per_device x processes)
-    warmup_ratio: float = 0.1
-    max_len: int = 512  # prompt + response tokens
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    lora: bool = False
-    lora_r: int = 16
-    gradient_checkpointing: bool = False
-    save_every: int = 0  # steps between checkpoints; 0 = only at the end
-    logit_chunk: int = 1024  # tokens per chunk for per-token log-probs
+    lr: Number(gt=0) = 5e-6
+    sft_lr: Number(gt=0) = 2e-5
+    epochs: Number(gt=0) = 1.0
+    sft_epochs: Number(gt=0) = 1.0
+    per_device_batch: Integer(ge=1) = 4
+    global_batch: Integer(ge=1) = 8  # kept fixed: accumulation = global / (per_device x processes)
+    warmup_ratio: Number(ge=0, lt=1) = 0.1
+    max_len: Integer(ge=16) = 512  # prompt + response tokens
+    weight_decay: Number(ge=0) = 0.0
+    max_grad_norm: Number(gt=0) = 1.0  # 0 would clip every update to nothing
+    lora: Bool = False
+    lora_r: Integer(ge=1) = 16
+    gradient_checkpointing: Bool = False
+    save_every: Integer(ge=0) = 0  # steps between checkpoints; 0 = only at the end
+    logit_chunk: Integer(ge=1) = 1024  # tokens per chunk for per-token log-probs
+    log_with: Literal["none", "tensorboard", "wandb"] = "none"  # experiment tracker, besides log.jsonl
+    optimizer: Literal["adamw", "adamw_8bit"] = "adamw"  # fused/foreach picked by the trainer
 
-    def validate(self, p: str) -> None:
-        for k in ("lr", "sft_lr"):
-            _check(getattr(self, k) > 0, f"{p}.{k}", "must be > 0")
-        _check(self.epochs > 0 and self.sft_epochs > 0, f"{p}.epochs", "must be > 0")
-        _check(self.per_device_batch >= 1, f"{p}.per_device_batch", "must be >= 1")
-        _check(self.global_batch >= self.per_device_batch, f"{p}.global_batch",
-               "must be >= per_device_batch")
-        _check(0 <= self.warmup_ratio < 1, f"{p}.warmup_ratio", "must be in [0, 1)")
-        _check(self.max_len >= 16, f"{p}.max_len", "must be >= 16")
-        _check(self.logit_chunk >= 1, f"{p}.logit_chunk", "must be >= 1")
-        _check(self.save_every >= 0, f"{p}.save_every", "must be >= 0")
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.global_batch % self.per_device_batch:
+            raise _Invalid("global_batch", f"{self.global_batch} is not a multiple of per_device_batch "
+                                           f"({self.per_device_batch})")
+        return self
 
 
-@dataclass
+@_section
 class ObjectiveConfig:
-    beta: float = 0.1  # dDPO
-    beta1: float = 0.1  # daDPO: KL to pi_ref (UNCERTAIN; METHOD.md default)
-    beta2: float = 0.1  # daDPO: KL to pi_te (UNCERTAIN; METHOD.md default)
-    length_average: bool = False  # summed sequence log-probs by default
-    divergence: str = "forward_kl"  # KD-only
-    kd_temperature: float = 1.0
-    jsd_lambda: float = 0.5
-    skew_alpha: float = 0.1
-    top_k: int = 64  # teacher top-k cache for KD
-    token_kd_lambda: float = 0.1  # extension: token-level daDPO
+    beta: Number(gt=0) = 0.1  # dDPO
+    beta1: Number(ge=0) = 0.1  # daDPO: KL to pi_ref (UNCERTAIN)
+    beta2: Number(ge=0) = 0.1  # daDPO: KL to pi_te (UNCERTAIN)
+    length_average: Bool = False  # summed sequence log-probs by default
+    divergence: Literal[DIVERGENCES] = "forward_kl"  # KD-only
+    kd_temperature: Number(gt=0) = 1.0
+    jsd_lambda: Number(gt=0, lt=1) = 0.5  # JSD is 0 at both ends: no loss
+    skew_alpha: Number(ge=0, lt=1) = 0.1  # skewed KL is 0 at alpha = 1: no loss
+    top_k: Integer(ge=1) = 64  # teacher top-k cache for KD
+    token_kd_lambda: Number(ge=0) = 0.1  # extension: token-level daDPO
 
-    def validate(self, p: str) -> None:
-        for k in ("beta", "beta1", "beta2", "token_kd_lambda"):
-            _check(getattr(self, k) >= 0, f"{p}.{k}", "must be >= 0")
-        _check(self.beta > 0, f"{p}.beta", "must be > 0")
-        _check(self.beta1 + self.beta2 > 0, f"{p}.beta1", "beta1 + beta2 must be > 0")
-        _check(self.divergence in DIVERGENCES, f"{p}.divergence", f"must be one of {', '.join(DIVERGENCES)}")
-        _check(self.kd_temperature > 0, f"{p}.kd_temperature", "must be > 0")
-        _check(0 <= self.jsd_lambda <= 1, f"{p}.jsd_lambda", "must be in [0, 1]")
-        _check(0 <= self.skew_alpha <= 1, f"{p}.skew_alpha", "must be in [0, 1]")
-        _check(self.top_k >= 1, f"{p}.top_k", "must be >= 1")
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.beta1 + self.beta2 <= 0:
+            raise _Invalid("beta1", "beta1 + beta2 must be > 0")
+        return self
 
 
-@dataclass
+@_section
 class EvalConfig:
-    suites: dict = field(default_factory=lambda: {"in_domain": 32, "mt_bench": 16})  # suite -> n (0 = all)
-    judges: list = field(default_factory=lambda: ["reference"])
-    max_new_tokens: int = 128
-    temperature: float = 0.0  # greedy answers for evaluation
-    bootstrap: int = 1000
-    bootstrap_seed: int = 0
+    suites: Annotated[dict[Literal[SUITES], Integer(ge=0)], Field(min_length=1)] = _new(
+        lambda: {"in_domain": 32, "mt_bench": 16})  # suite -> n (0 = all)
+    judges: Annotated[list[Literal[JUDGES]], Field(min_length=1), Unique] = _new(lambda: ["reference"])
+    max_new_tokens: Integer(ge=1) = 128
+    temperature: Number(ge=0) = 0.0  # greedy answers for evaluation
+    bootstrap: Integer(ge=1000) = 1000
+    bootstrap_seed: Seed = 0
     local_judge: str = "offline:qwen2.5-coder-1.5b-instruct"
     reference_embedder: str = "offline:all-minilm-l6-v2"
-    reference_tie_margin: float = 0.01
+    reference_tie_margin: Number(ge=0, lt=2) = 0.01  # cosine gaps lie in [-2, 2]: 2 would tie everything
     api_model: str = "gpt-4o-mini"
     api_base_url: str = ""  # empty = the openai default
-    api_concurrency: int = 4
+    api_concurrency: Integer(ge=1) = 4
+    api_timeout: Number(gt=0) = 60.0  # seconds per request
+    api_max_attempts: Integer(ge=1) = 6  # per verdict, with backoff between attempts
     pairrm: str = "llm-blender/PairRM-hf"
 
-    def validate(self, p: str) -> None:
-        for s, n in self.suites.items():
-            _check(s in SUITES, f"{p}.suites", f"unknown suite {s!r} (known: {', '.join(SUITES)})")
-            _check(isinstance(n, int) and not isinstance(n, bool) and n >= 0, f"{p}.suites.{s}",
-                   "must be an integer >= 0")
-        for j in self.judges:
-            _check(j in JUDGES, f"{p}.judges", f"unknown judge {j!r} (known: {', '.join(JUDGES)})")
-        _check(self.max_new_tokens >= 1, f"{p}.max_new_tokens", "must be >= 1")
-        _check(self.bootstrap >= 1000, f"{p}.bootstrap", "must be >= 1000")
-        _check(self.reference_tie_margin >= 0, f"{p}.reference_tie_margin", "must be >= 0")
-        _check(self.api_concurrency >= 1, f"{p}.api_concurrency", "must be >= 1")
 
-
-@dataclass
+@_section
 class ExperimentConfig:
-    setting: str = "table1"  # table1 (pruned student) | table2 (smaller student)
-    scale: str = "smoke"
-    seed: int = 0
-    methods: list = field(default_factory=lambda: list(ROWS))
-    extensions: list = field(default_factory=list)  # e.g. ["dadpo_token"]
-    beta2_sweep: list = field(default_factory=list)  # extra daDPO runs (figure)
-    models: ModelsConfig = field(default_factory=ModelsConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    setting: Literal["table1", "table2"] = "table1"  # table1: pruned student; table2: smaller student
+    scale: Literal[SCALES] = "smoke"
+    seed: Seed = 0
+    seeds: Annotated[list[Seed], Unique] = _new(list)  # training seeds; [] = [seed]
+    methods: Annotated[list[Annotated[str, _trainable("method", ("student",))]], Unique] = _new(lambda: list(ROWS))
+    extensions: Annotated[list[Annotated[str, _trainable("extension")]], Unique] = _new(list)  # rows beyond the paper
+    beta2_sweep: Annotated[list[Number(ge=0)], Unique] = _new(list)  # extra daDPO runs (figure)
+    models: ModelsConfig = _new(ModelsConfig)
+    data: DataConfig = _new(DataConfig)
+    generation: GenerationConfig = _new(GenerationConfig)
+    train: TrainConfig = _new(TrainConfig)
+    objective: ObjectiveConfig = _new(ObjectiveConfig)
+    eval: EvalConfig = _new(EvalConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        """Settings that would otherwise fail after work has started, or silently give wrong results."""
+        if not (self.methods or self.extensions or self.beta2_sweep):
+            raise _Invalid("methods", "is empty and there are no extensions or beta2_sweep: nothing to run")
+        if both := [m for m in self.extensions if m in self.methods]:
+            raise _Invalid("extensions", f"{both[0]!r} is already in methods")
+        d, t = self.data, self.train
+        if t.max_len <= d.max_prompt_tokens:
+            raise _Invalid("train.max_len", f"must be > data.max_prompt_tokens ({d.max_prompt_tokens}): "
+                                            "no room for an answer")
+        trains = any(m != "student" for m in self.methods) or self.extensions or self.beta2_sweep
+        if trains and d.n_train < t.global_batch:
+            raise _Invalid("data.n_train", f"{d.n_train} prompts are fewer than one train.global_batch "
+                                           f"({t.global_batch})")
+        if self.models.prune.enabled and d.n_train < self.models.prune.calibration_prompts:
+            raise _Invalid("models.prune.calibration_prompts", f"must be <= data.n_train ({d.n_train}): "
+                                                               "calibration prompts come from the train split")
+        if self.objective.beta1 == 0 and 0 in self.beta2_sweep:
+            raise _Invalid("beta2_sweep", "0 with objective.beta1 = 0: beta1 + beta2 must be > 0")
+        return self
 
     def validate(self) -> "ExperimentConfig":
-        _check(self.setting in ("table1", "table2"), "setting", "must be table1 or table2")
-        _check(self.scale in SCALES, "scale", f"must be one of {', '.join(SCALES)}")
-        for m in self.methods:
-            _check(m in ROWS, "methods", f"unknown method {m!r} (known: {', '.join(ROWS)})")
-        for m in self.extensions:
-            _check(m in ("dadpo_token",), "extensions", f"unknown extension {m!r} (known: dadpo_token)")
-        for b in self.beta2_sweep:
-            _check(isinstance(b, (int, float)) and b >= 0, "beta2_sweep", "values must be numbers >= 0")
-        for name in ("models", "data", "generation", "train", "objective", "eval"):
-            getattr(self, name).validate(name)
-        return self
+        """A checked copy (after attribute edits, which are checked per section only)."""
+        return _build(self.to_dict())
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -218,54 +266,43 @@ class ExperimentConfig:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _coerce(value, tp, key: str):
-    """Check `value` against the annotated type `tp`; ints are accepted where floats are."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        _check(isinstance(value, dict), key, "must be a mapping")
-        return _from_dict(tp, value, key)
-    if tp is bool:
-        _check(isinstance(value, bool), key, f"must be true or false, got {value!r}")
-    elif tp is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer, got {value!r}")
-    elif tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads "1e-5" as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key,
-               f"must be a number, got {value!r}")
-        return float(value)
-    elif tp is str:
-        _check(isinstance(value, str), key, f"must be a string, got {value!r}")
-    elif tp is list or origin is list:
-        _check(isinstance(value, list), key, f"must be a list, got {value!r}")
-    elif tp is dict or origin is dict:
-        _check(isinstance(value, dict), key, f"must be a mapping, got {value!r}")
-    return value
+_ADAPTER = TypeAdapter(ExperimentConfig)
+_BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+_MESSAGES = {"finite_number": "must be a finite number", "float_type": "must be a number",
+             "int_type": "must be an integer", "bool_type": "must be true or false", "string_type": "must be a string",
+             "list_type": "must be a list", "dict_type": "must be a mapping", "dataclass_type": "must be a mapping",
+             "literal_error": "must be {expected}", "too_short": "must not be empty"}
 
 
-def _from_dict(cls, data: dict, prefix: str = ""):
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for k, v in data.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        _check(k in names, key, f"unknown key (known: {', '.join(sorted(names))})")
-        kwargs[k] = _coerce(v, hints[k], key)
-    return cls(**kwargs)
+def _one_line(e: ValidationError) -> ConfigError:
+    """pydantic's first error as `config: <dotted.key>: <message>`."""
+    err = e.errors(include_url=False)[0]
+    loc, ctx, kind = list(err["loc"]), err.get("ctx", {}), err["type"]
+    if isinstance(ctx.get("error"), Exception):  # raised by a check here
+        loc, msg = loc + (ctx["error"].key.split(".") if isinstance(ctx["error"], _Invalid) else []), str(ctx["error"])
+    elif kind == "unexpected_keyword_argument":
+        section = ExperimentConfig
+        for part in loc[:-1]:
+            section = section.__pydantic_fields__[part].annotation
+        msg = f"unknown key (known: {', '.join(sorted(section.__pydantic_fields__))})"
+    elif loc[-1:] == ["[key]"]:  # a mapping key outside its Literal
+        loc, msg = loc[:-2], f"unknown key {err['input']!r} (must be {ctx['expected']})"
+    else:
+        bound = next((f"must be {op} {ctx[b]}" for b, op in _BOUNDS.items() if b in ctx), None)
+        short = _MESSAGES[kind].format(**ctx) if kind in _MESSAGES else err["msg"]
+        msg = f"{bound or short}, got {repr(err['input'])[:80]}"
+    key = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
+    return ConfigError(f"config: {key or '(top level)'}: {msg}")
 
 
-def _deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+def _build(data: dict) -> ExperimentConfig:
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as e:
+        raise _one_line(e) from None
 
 
-def parse_override(text: str) -> dict:
-    """`train.lr=1e-5` -> {"train": {"lr": 1e-5}}; the value is parsed as YAML."""
+def _split_override(text: str) -> tuple[list[str], object]:
     if "=" not in text:
         raise ConfigError(f"config: override {text!r}: expected section.key=value")
     path, raw = text.split("=", 1)
@@ -273,8 +310,13 @@ def parse_override(text: str) -> dict:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
         value = raw
-    out: dict = value
-    for part in reversed(path.strip().split(".")):
+    return path.strip().split("."), value
+
+
+def parse_override(text: str) -> dict:
+    """`train.lr=1e-5` -> {"train": {"lr": 1e-5}}; the value is parsed as YAML."""
+    path, out = _split_override(text)
+    for part in reversed(path):
         out = {part: out}
     return out
 
@@ -283,9 +325,11 @@ def config_path(setting: str, scale: str) -> Path:
     return CONFIG_DIR / f"{setting}_{scale}.yaml"
 
 
-def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = (),
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
                 setting: str | None = None, scale: str | None = None) -> ExperimentConfig:
-    """Load a YAML config (or the packaged one for setting x scale) and apply overrides."""
+    """Load a YAML config (or the packaged one for setting x scale) and apply overrides.
+
+    An override replaces the value at its key: `eval.suites={in_domain: 4}` leaves only in_domain."""
     if path is None:
         path = config_path(setting or "table1", scale or "default")
     path = Path(path)
@@ -297,8 +341,13 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
         raise ConfigError(f"config: {path}: invalid YAML ({str(e).splitlines()[0]})") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"config: {path}: invalid UTF-8 at byte {e.start} ({e.reason})") from None
-    _check(isinstance(data, dict), str(path), "top level must be a mapping")
-    for o in overrides:
-        data = _deep_merge(data, parse_override(o))
-    return _from_dict(ExperimentConfig, data).validate()
-
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: {path}: top level must be a mapping")
+    for text in overrides:
+        keys, value = _split_override(text)
+        node = data
+        for key in keys[:-1]:  # a missing or non-mapping parent becomes a mapping
+            node[key] = node[key] if isinstance(node.get(key), dict) else {}
+            node = node[key]
+        node[keys[-1]] = value
+    return _build(data)

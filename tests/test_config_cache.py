@@ -14,14 +14,14 @@ def test_shipped_configs_load(path):
 
 
 @pytest.mark.parametrize("override,msg", [
-    ("objective.beta=-0.1", "objective.beta: must be"),
+    ("objective.beta=-0.1", "objective.beta: must be > 0"),
     ("objective.beta1=-1", "objective.beta1: must be >= 0"),
     ("objective.top_k=0", "objective.top_k: must be >= 1"),
     ("train.lr=fast", "train.lr: must be a number"),
-    ("train.nope=1", "train.nope: unknown key"),
-    ("models.prune.target_share=1.5", "models.prune.target_share"),
-    ("eval.judges=[oracle]", "unknown judge 'oracle'"),
-    ("methods=[sft,magic]", "unknown method 'magic'"),
+    ("train.nope=1", "train.nope: unknown key (known: epochs, global_batch,"),
+    ("models.prune.target_share=1.5", "models.prune.target_share: must be < 0.9, got 1.5"),
+    ("eval.judges=[oracle]", "eval.judges[0]: must be 'reference', 'local', 'pairrm' or 'api', got 'oracle'"),
+    ("methods=[sft,magic]", "methods[1]: unknown method 'magic'"),
     ("data.n_train=0", "data.n_train: must be >= 1"),
     ("objective.divergence=l2", "objective.divergence"),
 ])
