@@ -283,7 +283,7 @@ def _wheel_of(fixture) -> Path:
 
 
 def test_flipped_byte_with_same_size_and_mtime_is_rebuilt(fake_gguf):
-    asset, calls = fake_gguf
+    _, calls = fake_gguf
     folder = Path(assets.resolve_model("offline:fake-gguf"))
     before = _contents(folder)
     _flip_byte_keeping_size_and_mtime(folder / "model.safetensors", len(before["model.safetensors"]) // 2)
@@ -298,7 +298,7 @@ def test_flipped_byte_with_same_size_and_mtime_is_rebuilt(fake_gguf):
 
 
 def test_truncated_weights_and_damaged_source_are_fetched_again(fake_gguf):
-    asset, calls = fake_gguf
+    _, calls = fake_gguf
     folder = Path(assets.resolve_model("offline:fake-gguf"))
     before = _contents(folder)
     with open(folder / "model.safetensors", "r+b") as f:
