@@ -4,7 +4,7 @@ Each section is a pydantic dataclass whose fields declare the type, choices (Lit
 value. `load_config` and `validate()` raise `ConfigError`, one line naming the key, for an unknown key, a
 wrong type, an out-of-range or non-finite number, or settings that contradict each other; construction,
 assignment and `dataclasses.replace` check the same and raise pydantic's ValidationError (a ValueError).
-UNCERTAIN choices of the paper are options here.
+Choices the paper leaves open are options here; their defaults and evidence: docs/method.md#reconstructions.
 """
 import dataclasses
 import hashlib
@@ -18,10 +18,10 @@ from pydantic import (AfterValidator, BeforeValidator, ConfigDict, Field, Strict
 from pydantic.dataclasses import dataclass
 
 from baselines.kd import DIVERGENCES
-from dadpo.prune import METHODS as PRUNE_METHODS
+from dadpo import methods as method_registry
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "reproduce" / "configs"
-METHODS = ("sft", "ddpo", "dadpo", "kd", "dadpo_token")  # trainable objectives
+PRUNE_METHODS = ("layers", "width", "layers+width")
 ROWS = ("student", "sft", "kd", "ddpo", "dadpo")  # rows of the paper's tables (student = untrained)
 SUITES = ("in_domain", "mt_bench", "vicuna80", "alpaca_eval", "arena_hard")
 JUDGES = ("reference", "local", "pairrm", "api")
@@ -42,8 +42,9 @@ class _Invalid(ValueError):
 
 
 def trainable_methods() -> tuple[str, ...]:
-    """What `methods` (besides "student", the untrained row) and `extensions` may name."""
-    return METHODS
+    """What `methods` (besides "student", the untrained row) and `extensions` may name: the method
+    registry, read at validation time (a method registered at run time is accepted)."""
+    return tuple(method_registry.METHODS)
 
 
 def _trainable(what: str, extra: tuple[str, ...] = ()) -> AfterValidator:

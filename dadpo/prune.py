@@ -33,9 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dadpo.chat import encode_example, encode_prompt, pad_batch, prompt_text
-from dadpo.config import PruneConfig
+from dadpo.config import PRUNE_METHODS as METHODS, PruneConfig
 
-METHODS = ("layers", "width", "layers+width")
 DEFAULT_METHOD = PruneConfig().method  # one default, the config's (docs/method.md: pruning)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from evals.judges import Judge, JudgeError
+from evals.judges import Judge
 from evals.protocol import Pair, compare, position_stats
 from evals.records import comparison_record, summary_row
 
@@ -33,8 +33,8 @@ def pairs_of(answers: dict, student: str, teacher: str = "teacher") -> list[Pair
 def judge_all(judges: list[Judge], answers: dict[str, dict], students: list[str], teacher: str = "teacher",
               n_resamples: int = 1000, seed: int = 0) -> list[JudgeRun]:
     """Every student vs the teacher on every suite of `answers` ({suite: {"items", teacher, student...}}),
-    by every judge. A judge for which every comparison failed raises JudgeError (a run judged by nobody
-    must not look like a result)."""
+    by every judge. A judge that failed every call raises JudgeError (a run judged by nobody must not
+    look like a result)."""
     runs = []
     for judge in judges:
         groups = [(suite, s, pairs_of(ans, s, teacher)) for suite, ans in answers.items() for s in students]
@@ -42,8 +42,7 @@ def judge_all(judges: list[Judge], answers: dict[str, dict], students: list[str]
         t0 = time.perf_counter()
         comps = compare(judge, everything)
         seconds = time.perf_counter() - t0
-        if everything and all(c.outcome == "failed" for c in comps):
-            raise JudgeError(f"judge {judge.name}: every comparison failed (first: {comps[0].failure})")
+        judge.raise_if_all_failed()
         ident = judge.identity
         run = JudgeRun(judge.name, ident)
         k = 0

@@ -218,11 +218,9 @@ def run(args) -> list[dict]:
     cache = None if args.no_cache else VerdictCache(args.cache or cache_root() / "judges" / "verdicts.sqlite")
     built = [make_judge(j, cfg, cache=cache, **_judge_kwargs(j, args)) for j in judges]  # all, before any work
     out_root = Path(args.out) / args.suite
-    options = {k: v for k, v in vars(args).items() if v is not None}
-    if options.get("api_base_url"):
-        from evals.judges.api import public_url
+    from evals.judges.api import scrub_secrets
 
-        options["api_base_url"] = public_url(options["api_base_url"])
+    options = scrub_secrets({k: v for k, v in vars(args).items() if v is not None})
     answers: dict = {"items": [], t_name: []}
     for name, ps in pairs.items():
         answers[name] = [p.student for p in ps]

@@ -1,13 +1,12 @@
 """Provenance of a run: commit, versions, device, and every setting that can change a number.
 
 Nothing machine-specific that does not change a number is recorded (no absolute paths), and no
-secret: credentials in URLs are scrubbed from the command line and the config.
+secret (the entry point scrubs the record with evals.judges.api.scrub_secrets).
 """
 from __future__ import annotations
 
 import os
 import platform
-import re
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -66,27 +65,6 @@ def device_facts() -> dict:
         d.update(gpu=torch.cuda.get_device_name(0), gpus=torch.cuda.device_count(), cuda_version=torch.version.cuda,
                  cudnn=torch.backends.cudnn.version(), tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
     return d
-
-
-_URL_SECRET = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/\s@]+@|(?P<query>[?&][^=\s]*(?:key|token|secret|"
-                         r"password)[^=\s]*=)[^&\s]+", re.IGNORECASE)
-
-
-def scrub(obj, secrets: tuple[str, ...] = ()):
-    """`obj` (JSON-like, or argv) with URL credentials (user:pass@, key/token query values) and the given
-    secret values replaced by "***"."""
-    if isinstance(obj, dict):
-        return {k: scrub(v, secrets) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [scrub(v, secrets) for v in obj]
-    if isinstance(obj, str):
-        out = _URL_SECRET.sub(lambda m: (m.group("scheme") + "***@") if m.group("scheme") else m.group("query") + "***",
-                              obj)
-        for s in secrets:
-            if s:
-                out = out.replace(s, "***")
-        return out
-    return obj
 
 
 def relative(path: str | Path) -> str:

@@ -7,6 +7,9 @@ Outputs (under --out, default results/):
   {setting}_{scale}_training.csv        per-step training logs of every trained method
   {setting}_{scale}.provenance.json     git sha, versions, device, seeds, config + hash, judges,
                                         wall time per stage, models, pruning and cache facts
+  {setting}_{scale}_*.png               figures (preference rates, beta2 sweep, training curves)
+  {setting}_{scale}_report.html         one self-contained page: tables, figures, provenance and a
+                                        browser of every answer and verdict
   runs/{setting}_{scale}/records.jsonl  every comparison with both raw verdicts (not committed)
   runs/{setting}_{scale}/answers/SUITE/MODEL.jsonl  answers, ready for `python -m evals.run`
 """
@@ -19,12 +22,16 @@ import sys
 import time
 from pathlib import Path
 
+from dadpo.assets import asset_facts
 from dadpo.cache import Cache, atomic_write_text, cache_root
 from dadpo.config import ROWS, SCALES, ConfigError, config_path, load_config
 from evals.judges import VerdictCache, make_judge
 from evals.judging import judge_all
 from evals.records import write_jsonl
-from reproduce.provenance import ROOT, device_facts, git_sha, relative, scrub, versions
+from evals.judges.api import scrub_secrets
+from reproduce.figures import draw_all
+from reproduce.provenance import ROOT, device_facts, git_sha, relative, versions
+from reproduce.report import build_report
 from reproduce.tables import (RESULT_COLUMNS, TRAINING_COLUMNS, print_table, result_rows, training_rows,
                               write_csv)
 
@@ -129,18 +136,24 @@ def run(cfg, out: Path, cache: Cache) -> int:
     prov_path = out / f"{stem}.provenance.json"
     facts = {**pipe.run_facts(), "judges": {run.judge: run.facts for run in runs}}
     seconds, facts = keep_earlier(earlier_provenance(prov_path, cfg), pipe.timings, facts)
-    provenance = scrub({
+    provenance = scrub_secrets({
         "command": [relative(sys.argv[0])] + sys.argv[1:], "started_utc": started,
         "wall_seconds": round(time.time() - t0, 1), "git_sha": sha, "versions": versions(),
         "device": device_facts(), "seed": cfg.seed, "config_hash": cfg.fingerprint(), "config": cfg.to_dict(),
         "stage_seconds": pipe.timings, "stage_seconds_last_ran": seconds, "facts": facts,
         "judges": {run.judge: run.identity for run in runs},
         "models": {k: pipe.fp(v) for k, v in models.items()},
+        "assets": {spec: asset_facts(spec) for spec in dict.fromkeys([cfg.models.teacher, cfg.models.student])},
         "reconstructed": "daDPO objective and several settings are reconstructions (docs/method.md#reconstructions); "
                          "offline judges are proxies; default models are small stand-ins.",
     })
     atomic_write_text(prov_path, json.dumps(provenance, indent=2, sort_keys=True, default=str))
-    write_csv(out / f"{stem}.csv", rows, RESULT_COLUMNS)  # last: the CSV exists only with its provenance
+    write_csv(out / f"{stem}.csv", rows, RESULT_COLUMNS)  # the CSV exists only with its provenance
+    written = [out / f"{stem}.csv", out / f"{stem}_training.csv", prov_path]
+    written += draw_all(out, stem)
+    written.append(build_report(out, stem, run_dir))
     print_table(rows)
-    print(f"wrote {out / (stem + '.csv')} ({len(rows)} rows) in {time.time() - t0:.0f}s")
+    print(f"done in {time.time() - t0:.0f}s; wrote ({len(rows)} result rows):")
+    for path in written + [run_dir / "records.jsonl", run_dir / "answers"]:
+        print(f"  {path}")
     return 0

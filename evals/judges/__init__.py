@@ -8,11 +8,10 @@ Model-backed judge modules import their heavy dependencies only when built.
 """
 from __future__ import annotations
 
+from dadpo.config import JUDGES  # the one list of judge names
 from evals.judges.base import Judge, JudgeError, JudgeItem, Verdict, VerdictCache, identity_hash
 
 __all__ = ["Judge", "JudgeError", "JudgeItem", "Verdict", "VerdictCache", "identity_hash", "make_judge", "JUDGES"]
-
-JUDGES = ("reference", "local", "pairrm", "api")
 
 
 def make_judge(name: str, cfg=None, cache: VerdictCache | None = None, **overrides) -> Judge:
@@ -36,6 +35,7 @@ def make_judge(name: str, cfg=None, cache: VerdictCache | None = None, **overrid
     if name == "api":
         from evals.judges.api import ApiJudge
 
-        kw = {"model": cfg.api_model, "base_url": cfg.api_base_url or None, "concurrency": cfg.api_concurrency}
+        kw = {"model": cfg.api_model, "base_url": cfg.api_base_url or None, "concurrency": cfg.api_concurrency,
+              "timeout_s": cfg.api_timeout, "max_attempts": cfg.api_max_attempts}
         return ApiJudge(**{**kw, **overrides}, cache=cache)
     raise JudgeError(f"unknown judge {name!r} (known: {', '.join(JUDGES)})")
