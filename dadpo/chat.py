@@ -18,6 +18,36 @@ PROBE_TEXTS = (
 )
 
 
+# Chat templates by family: given to tokenizers that carry none (a GGUF without one; Vicuna's hub
+# tokenizer, whose template lives in FastChat's code), or chosen with `models.chat_template`. The
+# ChatML ones are what the hub tokenizers ship, without Qwen's tool-calling branches; vicuna_v1.1 is
+# FastChat's conversation template for Vicuna v1.1-v1.5.
+CHAT_TEMPLATES = {
+    "smollm2": (
+        "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+        "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+        "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"),
+    "qwen2.5": (
+        "{% if messages[0]['role'] != 'system' %}"
+        "{{ '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n' }}"
+        "{% endif %}{% for message in messages %}"
+        "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"),
+    "vicuna_v1.1": (
+        "{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}"
+        "{% set messages = messages[1:] %}{% else %}{% set system = \"A chat between a curious user and an "
+        "artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the "
+        "user's questions.\" %}{% endif %}{{ bos_token + system }}{% for message in messages %}"
+        "{% if message['role'] == 'user' %}{{ ' USER: ' + message['content'] }}"
+        "{% else %}{{ ' ASSISTANT: ' + message['content'] + eos_token }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ ' ASSISTANT:' }}{% endif %}"),
+}
+
+CHAT_STOP_TOKENS = {"smollm2": ("<|im_end|>",), "qwen2.5": ("<|im_end|>", "<|endoftext|>"),
+                    "vicuna_v1.1": ("</s>",)}
+
+
 class TokenizerMismatch(ValueError):
     """Teacher and student tokenizers disagree; white-box distillation needs them identical."""
 

@@ -19,6 +19,7 @@ from pydantic.dataclasses import dataclass
 
 from baselines.kd import DIVERGENCES
 from dadpo import methods as method_registry
+from dadpo.chat import CHAT_TEMPLATES
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "reproduce" / "configs"
 PRUNE_METHODS = ("layers", "width", "layers+width")
@@ -120,6 +121,8 @@ class ModelsConfig:
     trust_remote_code: Bool = False
     # random = randomly initialised models of the named architectures: time/memory shape runs only
     init: Literal["pretrained", "random"] = "pretrained"
+    # a chat template of dadpo.chat.CHAT_TEMPLATES for the teacher's tokenizer; "" = the tokenizer's own
+    chat_template: Literal[("",) + tuple(CHAT_TEMPLATES)] = ""
 
 
 @_section

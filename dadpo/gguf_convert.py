@@ -14,28 +14,12 @@ import sys
 import time
 from pathlib import Path
 
+from .chat import CHAT_STOP_TOKENS, CHAT_TEMPLATES
+
 # Q4 weights dequantize exactly into float32; bf16 would round them a second time. CPU training runs
 # in fp32 anyway, and callers wanting bf16 inference pass dtype=torch.bfloat16 when loading.
 # Cost: 4 bytes/param on disk (SmolLM2 0.5 GB, Qwen 0.5B 2.5 GB, Qwen 1.5B 7 GB).
 CONVERT_DTYPE = "float32"
-
-# Chat templates used only when a GGUF carries none (both families speak ChatML; these are the
-# templates their hub tokenizers ship, without Qwen's tool-calling branches).
-CHAT_TEMPLATES = {
-    "smollm2": (
-        "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-        "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
-        "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
-        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"),
-    "qwen2.5": (
-        "{% if messages[0]['role'] != 'system' %}"
-        "{{ '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n' }}"
-        "{% endif %}{% for message in messages %}"
-        "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"),
-}
-
-CHAT_STOP_TOKENS = {"smollm2": ("<|im_end|>",), "qwen2.5": ("<|im_end|>", "<|endoftext|>")}
 
 # Every model here fits one file; naming the size keeps the file layout independent of the
 # transformers default, which has changed between releases.
@@ -85,7 +69,7 @@ def convert_gguf(gguf_path: Path, out: Path, template: str, label: str) -> dict:
 
     if tok.chat_template:
         facts["chat_template"] = "from GGUF"
-    else:  # the family's hub template (ChatML); see CHAT_TEMPLATES
+    else:  # the family's hub template; see dadpo.chat.CHAT_TEMPLATES
         tok.chat_template = CHAT_TEMPLATES[template]
         facts["chat_template"] = f"added: {template} ChatML (GGUF has none)"
     if tok.model_max_length > 10**8:  # "unbounded" from GGUF; the model's context is the real bound

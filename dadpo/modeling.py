@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from dadpo.cache import Cache, read_json, stable_hash, write_json
+from dadpo.shapes import MARKER, build_random, is_random
 
 LOADS: Counter = Counter()  # models loaded in this process, by class name
 
@@ -55,15 +56,21 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
     return tok
 
 
-def load_pretrained(cls, spec: str, trust_remote_code: bool = False, **kwargs):
-    """`cls.from_pretrained` under the suite's loading policy (see the module docstring)."""
+def load_pretrained(cls, spec: str, trust_remote_code: bool = False, device: torch.device | None = None, **kwargs):
+    """`cls.from_pretrained` under the suite's loading policy (see the module docstring), on `device`
+    (default: where from_pretrained puts it). A random model folder (dadpo.shapes) is built from its
+    seed instead, directly on the device."""
     if not spec.startswith("offline:") and os.path.sep in spec and not Path(spec).exists():
         raise FileNotFoundError(f"model path not found: {spec}")
     path = resolve(spec, trust_remote_code)
     local = Path(path).is_dir()
     try:
-        model = cls.from_pretrained(path, trust_remote_code=trust_remote_code,
-                                    use_safetensors=True if local else None, **kwargs)
+        if local and is_random(path):
+            model = build_random(cls, path, kwargs.get("dtype"), device or "cpu")
+        else:
+            model = cls.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                        use_safetensors=True if local else None, **kwargs)
+            model = model if device is None else model.to(device)
     except (OSError, ValueError, RuntimeError):
         raise
     except Exception as e:  # noqa: BLE001 - e.g. SafetensorError on damaged weights: one line, not a traceback
@@ -78,14 +85,14 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32, trust_remote_code:
     """A causal LM in `dtype` on `on` (default: the GPU if there is one)."""
     from transformers import AutoModelForCausalLM
 
-    return load_pretrained(AutoModelForCausalLM, spec, trust_remote_code, dtype=dtype).to(on or device())
+    return load_pretrained(AutoModelForCausalLM, spec, trust_remote_code, device=on or device(), dtype=dtype)
 
 
 # A model's identity: its weights and the configs that shape them (a generation config sets the
 # end-of-turn ids), the configs read as JSON without the version stamp of the transformers release
 # that wrote them. Nothing else: bookkeeping files beside the weights would give the same weights a
 # different identity on every machine.
-_IDENTITY_CONFIGS = ("config.json", "generation_config.json")
+_IDENTITY_CONFIGS = ("config.json", "generation_config.json", MARKER)
 _MEMO: dict = {}
 
 

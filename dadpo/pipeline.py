@@ -26,13 +26,14 @@ from pathlib import Path
 import torch
 
 from dadpo.cache import Cache, load_tensors, read_json, save_tensors, stable_hash, write_json
-from dadpo.chat import check_tokenizers
+from dadpo.chat import CHAT_TEMPLATES, check_tokenizers, encode_example
 from dadpo.config import ExperimentConfig
 from dadpo.examples import answers_of, attach_sequence_scores, attach_teacher_topk, encode_rows
 from dadpo.generation import Sampling, cache_file, cached_answers, generate
 from dadpo.methods import Method, build_method
 from dadpo.modeling import fingerprint, load_model, load_tokenizer, pick_dtype, resolve
 from dadpo.precompute import score_key, sequence_logprobs, teacher_topk
+from dadpo.shapes import random_model_folder
 from dadpo.trainer import CheckpointError, Trainer
 
 # Which frozen model each kind of precomputed score comes from (see Method.scores).
@@ -60,6 +61,7 @@ class Pipeline:
         self.timings: dict[str, float] = {}
         self.facts: dict = {}
         self.training_logs: dict[str, list] = {}
+        self.answer_lengths: dict[str, dict] = {}  # model -> suite -> [(tokens, ended on end-of-turn)]
         self._dsft: dict[int, str] = {}
 
     # --- bookkeeping -------------------------------------------------------------------------
@@ -89,15 +91,29 @@ class Pipeline:
         return fingerprint(path, self.cache, self.cfg.models.trust_remote_code)
 
     # --- assets and data -----------------------------------------------------------------------
+    @property
+    def shape_run(self) -> bool:
+        """Random weights of the named architectures: time and memory only (dadpo.shapes)."""
+        return self.cfg.models.init == "random"
+
+    def _model(self, spec: str) -> str:
+        """A model spec as from_pretrained takes it; a random model of its architecture in a shape run."""
+        if self.shape_run:
+            return random_model_folder(spec, self.cache, self.cfg.seed)
+        return resolve(spec, self.cfg.models.trust_remote_code)
+
     @cached_property
     def teacher_path(self) -> str:
         with self.stage("assets"):
-            return resolve(self.cfg.models.teacher, self.cfg.models.trust_remote_code)
+            return self._model(self.cfg.models.teacher)
 
     @cached_property
     def tokenizer(self):
-        """The teacher's tokenizer and chat template, used for both models."""
-        return load_tokenizer(self.teacher_path, self.cfg.models.trust_remote_code)
+        """The teacher's tokenizer and chat template (models.chat_template may name one), used for both models."""
+        tok = load_tokenizer(self.teacher_path, self.cfg.models.trust_remote_code)
+        if self.cfg.models.chat_template:
+            tok.chat_template = CHAT_TEMPLATES[self.cfg.models.chat_template]
+        return tok
 
     @cached_property
     def split(self):
@@ -112,7 +128,7 @@ class Pipeline:
     def student_init(self) -> str:
         """The student before any training: the pruned teacher (table1) or the small model (table2)."""
         m = self.cfg.models
-        base = resolve(m.student, m.trust_remote_code)
+        base = self._model(m.student)
         if not m.prune.enabled:
             return base
         from dadpo.prune import make_pruned_student, report_path
@@ -121,12 +137,13 @@ class Pipeline:
         calib = list(train["prompt"][: m.prune.calibration_prompts])
         held = list(zip(test["prompt"][:16], test["reference"][:16]))
         out = self.cache.path("pruned", {"base": self.fp(base), "prune": asdict(m.prune), "calib": calib,
-                                         "held": [h[0] for h in held]})
+                                         "held": [h[0] for h in held], "chat_template": self.tokenizer.chat_template})
         if not self._sealed(out, report_path(out)):
             with self.cache.lock(out):
                 if not self._sealed(out, report_path(out)):  # another process may have made it meanwhile
                     with self.stage("prune"):
-                        rep = make_pruned_student(base, str(out), m.prune.target_share, m.prune.method, calib, held)
+                        rep = make_pruned_student(base, str(out), m.prune.target_share, m.prune.method, calib, held,
+                                                  tokenizer=self.tokenizer)
                         write_json(report_path(out), {**rep, "model_fingerprint": self.fp(str(out))})
         self.facts["prune"] = {k: v for k, v in read_json(report_path(out)).items() if k not in ("teacher", "out_dir")}
         return str(out)
@@ -324,6 +341,54 @@ class Pipeline:
             answers = iter(self.answers(path, prompts, greedy, f"{row}/eval"))
             for suite, items in suites.items():
                 out[suite][row] = [next(answers) for _ in items]
+        return out
+
+    # --- judge-free measures ------------------------------------------------------------------
+    def _scored(self, model_path: str, jobs: list[list[dict]], what: str) -> list[dict]:
+        """Sequence log-probs of each job's encoded answers under a model (cached per job); the model is
+        loaded once, and only if some job misses."""
+        dtype = pick_dtype(self.cfg.models.dtype, "inference")
+        fp, pad = self.fp(model_path), self.tokenizer.pad_token_id
+        paths = [self.cache.path("scores", score_key("seqlp", fp, enc, numerics=str(dtype)), ".safetensors", 24)
+                 for enc in jobs]
+        found = [load_tensors(p) for p in paths]
+        if any(f is None for f in found):
+            with self.stage(f"measure:{what}"):
+                model = load_model(model_path, dtype, self.cfg.models.trust_remote_code)
+                for i, (enc, path) in enumerate(zip(jobs, paths)):
+                    if found[i] is None:
+                        found[i] = sequence_logprobs(model, enc, pad, self.cfg.generation.batch_size,
+                                                     self.cfg.train.logit_chunk, desc=f"score {what}")
+                        save_tensors(path, found[i])
+                _free(model)
+        return found
+
+    def measures(self, models: dict[str, str], answers: dict[str, dict]) -> dict:
+        """Judge-free distillation measures per (model, suite), no judge involved:
+        `student_nll`: the model's per-token NLL of the teacher's answers to the held-out prompts (forward KL
+        to the teacher up to the teacher's entropy, the same for every model); `teacher_nll`: the teacher's
+        per-token NLL of the model's answers."""
+        tok, cfg = self.tokenizer, self.cfg
+        max_len = cfg.data.max_prompt_tokens + cfg.eval.max_new_tokens + 8
+
+        def encoded(suite: str, who: str) -> list[dict]:
+            ans = answers[suite]
+            return [encode_example(tok, it["prompt"], a, max_len, cfg.data.max_prompt_tokens)
+                    for it, a in zip(ans["items"], ans[who])]
+
+        def nll(scores: dict) -> float:
+            return float(-scores["sum"].sum() / max(1, int(scores["count"].sum())))
+
+        suites = list(answers)
+        out: dict = {}
+        for name, path in models.items():
+            got = self._scored(path, [encoded(s, "teacher") for s in suites], f"{name} on teacher answers")
+            for suite, scores in zip(suites, got):
+                out.setdefault((name, suite), {})["student_nll"] = nll(scores)
+        jobs = [(name, s) for name in models for s in suites]
+        got = self._scored(self.teacher_path, [encoded(s, name) for name, s in jobs], "teacher on student answers")
+        for key, scores in zip(jobs, got):
+            out[key]["teacher_nll"] = nll(scores)
         return out
 
     def run_facts(self) -> dict:

@@ -485,7 +485,7 @@ def report_path(out_dir: str | Path) -> Path:
 def make_pruned_student(teacher_dir: str, out_dir: str, target_share: float = 0.2,
                         method: str = DEFAULT_METHOD, calib_prompts: Sequence[str] = (),
                         heldout: Sequence[tuple[str, str]] = (), batch_size: int = 4, max_len: int = 512,
-                        sample_new_tokens: int = 32, heads: bool = False) -> dict:
+                        sample_new_tokens: int = 32, heads: bool = False, tokenizer=None) -> dict:
     """Load the teacher (fp32), prune it, save a plain model folder atomically, report beside it.
 
     The report (also written as <out_dir>.report.json, checksummed) holds params before/after,
@@ -498,7 +498,7 @@ def make_pruned_student(teacher_dir: str, out_dir: str, target_share: float = 0.
     if not calib_prompts:
         raise ValueError("make_pruned_student needs calibration prompts")
     t0 = time.time()
-    tok = load_tokenizer(teacher_dir)
+    tok = tokenizer or load_tokenizer(teacher_dir)  # the pipeline's (its chat template may be set by the config)
     model = load_model(teacher_dir, torch.float32)
     model.eval()
     hp, hr = [h[0] for h in heldout], [h[1] for h in heldout]

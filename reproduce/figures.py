@@ -177,13 +177,25 @@ def training_figure(tr: pd.DataFrame, title: str, path: Path) -> None:
 
 def result_stems(results: Path) -> list[str]:
     """Stems of the table CSVs in a results folder (table1_gpu.csv -> table1_gpu)."""
-    return [p.stem for p in sorted(Path(results).glob("table*_*.csv")) if not p.stem.endswith("_training")]
+    side = ("_training", "_differences", "_agreement")
+    return [p.stem for p in sorted(Path(results).glob("table*_*.csv")) if not p.stem.endswith(side)]
+
+
+def headline(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per method, suite and judge: the mean over seeds where a method was trained with several
+    (seed "mean"), else its one row."""
+    if "seed" not in df or not (df["seed"].astype(str) == "mean").any():
+        return df
+    mean = df["seed"].astype(str) == "mean"
+    several = set(zip(df.loc[mean, "method"], df.loc[mean, "suite"], df.loc[mean, "judge"]))
+    keep = [m or (r.method, r.suite, r.judge) not in several for m, r in zip(mean, df.itertuples())]
+    return df[keep].reset_index(drop=True)
 
 
 def draw_all(results_dir: Path, stem: str) -> list[Path]:
     """Draw every figure of one stem from {stem}.csv and {stem}_training.csv; the paths written."""
     results_dir = Path(results_dir)
-    df = pd.read_csv(results_dir / f"{stem}.csv")
+    df = headline(pd.read_csv(results_dir / f"{stem}.csv"))
     if df.empty:
         return []
     models = pair_label(df["teacher"].iloc[0], df["student"].iloc[0])

@@ -27,7 +27,10 @@ from dadpo.cache import Cache, atomic_write_text, cache_root
 from dadpo.config import ROWS, SCALES, ConfigError, config_path, load_config
 from evals.judges import VerdictCache, make_judge
 from evals.judging import judge_all
+from evals.agreement import AGREEMENT_COLUMNS
 from evals.records import write_jsonl
+from reproduce.evidence import (DIFFERENCE_COLUMNS, Trained, agreement_rows, answer_measures, difference_rows,
+                                lc_columns, seed_rows)
 from evals.judges.api import scrub_secrets
 from reproduce.figures import draw_all
 from reproduce.provenance import ROOT, device_facts, git_sha, relative, versions
@@ -97,6 +100,22 @@ def main(setting: str, argv=None) -> int:
         return 2
 
 
+def plan(cfg) -> list[Trained]:
+    """Every model a table run evaluates: the untrained student, each method once per training seed,
+    the beta2 sweep (first seed only)."""
+    seeds = list(cfg.seeds) or [cfg.seed]
+    out = []
+    for row in list(cfg.methods) + list(cfg.extensions):
+        if row == "student":
+            out.append(Trained("student", "student"))
+            continue
+        for s in seeds:
+            out.append(Trained(row if s == cfg.seed else f"{row}@seed={s}", row, s,
+                               cfg.objective.beta2 if row == "dadpo" else None))
+    out += [Trained(f"dadpo_beta2={b:g}", "dadpo", seeds[0], b, sweep=True) for b in cfg.beta2_sweep]
+    return out
+
+
 def run(cfg, out: Path, cache: Cache) -> int:
     from dadpo.pipeline import Pipeline
 
@@ -107,52 +126,62 @@ def run(cfg, out: Path, cache: Cache) -> int:
     verdicts = VerdictCache(cache.root / "judges" / "verdicts.sqlite")
     judges = [make_judge(j, cfg.eval, cache=verdicts) for j in cfg.eval.judges]
     pipe = Pipeline(cfg, cache)
-    models, beta2_of = {}, {}
-    for row in list(cfg.methods) + list(cfg.extensions):
-        models[row] = pipe.trained(row)
-    for b in cfg.beta2_sweep:
-        name = f"dadpo_beta2={b:g}"
-        models[name] = pipe.trained("dadpo", beta2=b)
-        beta2_of[name] = b
-    if "dadpo" in models:
-        beta2_of["dadpo"] = cfg.objective.beta2
+    names = {t.name: t for t in plan(cfg)}
+    models = {t.name: pipe.trained(t.method, beta2=t.beta2 if t.sweep else None, seed=t.seed)
+              for t in names.values()}
     answers = pipe.eval_answers(models)
+    nll = pipe.measures(models, answers)
     runs = []
     for judge in judges:
         with pipe.stage(f"judge:{judge.name}"):
             runs += judge_all([judge], answers, list(models), "teacher", cfg.eval.bootstrap, cfg.eval.bootstrap_seed)
         judge.close()
-    rows = result_rows(cfg, [r for run in runs for r in run.rows], beta2_of)
-    stem = f"{cfg.setting}_{cfg.scale}"
+    records = [r for run in runs for r in run.records]
+    measures = {name: answer_measures(answers, name, pipe.answer_lengths.get(name), cfg.eval.max_new_tokens, nll)
+                for name in ["teacher", *models]}
+    lc = lc_columns(records, cfg.eval.bootstrap, cfg.eval.bootstrap_seed)
+    rows = result_rows(cfg, [r for run in runs for r in run.rows], names, measures, lc)
+    rows += seed_rows(rows, records, names, cfg.eval.bootstrap, cfg.eval.bootstrap_seed)
+    stem = f"{cfg.setting}_{cfg.scale}" + ("_random" if pipe.shape_run else "")
     run_dir = out / "runs" / stem
-    write_jsonl(run_dir / "records.jsonl", [r for run in runs for r in run.records])
+    write_jsonl(run_dir / "records.jsonl", records)
     for suite, ans in answers.items():  # answer files in evals.run's format, for other judges
         for who in ans:
             if who != "items":
                 write_jsonl(run_dir / "answers" / suite / f"{who}.jsonl",
                             [{"id": it["id"], "prompt": it["prompt"], "answer": a, "reference": it["reference"],
                               "suite": suite} for it, a in zip(ans["items"], ans[who])])
-    write_csv(out / f"{stem}_training.csv", training_rows(pipe.training_logs), TRAINING_COLUMNS)
+    written = [out / f"{stem}_training.csv"]
+    write_csv(written[0], training_rows(pipe.training_logs), TRAINING_COLUMNS)
+    for kind, extra, columns in (("differences", difference_rows(records, names, cfg.eval.bootstrap,
+                                                                 cfg.eval.bootstrap_seed), DIFFERENCE_COLUMNS),
+                                 ("agreement", agreement_rows(records), AGREEMENT_COLUMNS)):
+        if extra:
+            write_csv(out / f"{stem}_{kind}.csv", extra, columns)
+            written.append(out / f"{stem}_{kind}.csv")
     prov_path = out / f"{stem}.provenance.json"
     facts = {**pipe.run_facts(), "judges": {run.judge: run.facts for run in runs}}
     seconds, facts = keep_earlier(earlier_provenance(prov_path, cfg), pipe.timings, facts)
     provenance = scrub_secrets({
         "command": [relative(sys.argv[0])] + sys.argv[1:], "started_utc": started,
         "wall_seconds": round(time.time() - t0, 1), "git_sha": sha, "versions": versions(),
-        "device": device_facts(), "seed": cfg.seed, "config_hash": cfg.fingerprint(), "config": cfg.to_dict(),
+        "device": device_facts(), "seed": cfg.seed, "seeds": list(cfg.seeds) or [cfg.seed],
+        "config_hash": cfg.fingerprint(), "config": cfg.to_dict(),
         "stage_seconds": pipe.timings, "stage_seconds_last_ran": seconds, "facts": facts,
         "judges": {run.judge: run.identity for run in runs},
         "models": {k: pipe.fp(v) for k, v in models.items()},
         "assets": {spec: asset_facts(spec) for spec in dict.fromkeys([cfg.models.teacher, cfg.models.student])},
+        "shape_run": pipe.shape_run,
         "reconstructed": "daDPO objective and several settings are reconstructions (docs/method.md#reconstructions); "
-                         "offline judges are proxies; default models are small stand-ins.",
+                         "offline judges are proxies; default models are small stand-ins"
+                         + ("; RANDOM WEIGHTS: a shape run, its quality numbers mean nothing" if pipe.shape_run else "."),
     })
     atomic_write_text(prov_path, json.dumps(provenance, indent=2, sort_keys=True, default=str))
     write_csv(out / f"{stem}.csv", rows, RESULT_COLUMNS)  # the CSV exists only with its provenance
-    written = [out / f"{stem}.csv", out / f"{stem}_training.csv", prov_path]
+    written = [out / f"{stem}.csv", prov_path] + written
     written += draw_all(out, stem)
     written.append(build_report(out, stem, run_dir))
-    print_table(rows)
+    print_table(rows, pipe.shape_run)
     print(f"done in {time.time() - t0:.0f}s; wrote ({len(rows)} result rows):")
     for path in written + [run_dir / "records.jsonl", run_dir / "answers"]:
         print(f"  {path}")

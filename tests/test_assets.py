@@ -16,7 +16,7 @@ import pytest
 from dadpo import assets
 from dadpo.assets import Asset, AssetError
 from dadpo.cache import cache_root, read_json, write_json
-from dadpo.gguf_convert import CHAT_TEMPLATES
+from dadpo.chat import CHAT_TEMPLATES
 
 REPO = Path(assets.__file__).resolve().parents[1]
 
