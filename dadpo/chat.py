@@ -2,7 +2,7 @@
 
 Both models see exactly the same token ids for the same conversation: the teacher's tokenizer and
 chat template are used for teacher and student alike (white-box distillation needs a shared
-vocabulary, METHOD.md).
+vocabulary, docs/method.md#notation).
 """
 from __future__ import annotations
 

@@ -299,6 +299,11 @@ def _one_line(e: ValidationError) -> ConfigError:
     return ConfigError(f"config: {key or '(top level)'}: {msg}")
 
 
+def config_from_dict(data: dict) -> ExperimentConfig:
+    """A checked config from a mapping (e.g. the `config` a provenance file recorded)."""
+    return _build(data)
+
+
 def _build(data: dict) -> ExperimentConfig:
     try:
         return _ADAPTER.validate_python(data)

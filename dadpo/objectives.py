@@ -1,4 +1,4 @@
-"""The daDPO objective (reconstructed, see METHOD.md) and a labelled token-level extension.
+"""The daDPO objective (reconstructed, see docs/method.md#dadpo) and a labelled token-level extension.
 
 All functions are pure: tensors in, (loss scalar, metrics dict of detached scalars) out.
 Inputs are sequence log-probs [B] (sum of response-token log-probs, or their mean when
@@ -15,13 +15,13 @@ import torch.nn.functional as F
 from baselines.ddpo import ddpo_loss, preference_metrics
 from baselines.kd import kd_loss
 
-# Objectives here that are NOT in the paper (beyond-the-paper variants, METHOD.md "extensions").
+# Objectives here that are NOT in the paper (beyond-the-paper variants, docs/method.md#extensions).
 EXTENSIONS = ("token_dadpo_loss",)
 
 
 def dadpo_margin(pol_chosen, pol_rejected, ref_chosen, ref_rejected, te_chosen, te_rejected,
                  beta1: float, beta2: float) -> torch.Tensor:
-    """m = (b1 + b2)(pc - pr) - b1 (rc - rr) - b2 (tc - tr)                     (METHOD.md)
+    """m = (b1 + b2)(pc - pr) - b1 (rc - rr) - b2 (tc - tr)            (docs/method.md#dadpo)
          = b1 [(pc - rc) - (pr - rr)] + b2 [(pc - tc) - (pr - tr)]             (computed form)
     i.e. a dDPO margin against pi_ref plus one against pi_te. The second form is what is evaluated:
     with b2 = 0 it is bit-identical to dDPO's margin, with b1 = 0 to DPO with the teacher as

@@ -31,7 +31,8 @@ from dadpo.config import ExperimentConfig
 from dadpo.examples import answers_of, attach_sequence_scores, attach_teacher_topk, encode_rows
 from dadpo.generation import Sampling, cache_file, cached_answers, generate
 from dadpo.methods import Method, build_method
-from dadpo.modeling import fingerprint, load_model, load_tokenizer, pick_dtype, resolve
+from dadpo.memory import PeakMemory
+from dadpo.modeling import device, fingerprint, load_model, load_tokenizer, pick_dtype, resolve
 from dadpo.precompute import score_key, sequence_logprobs, teacher_topk
 from dadpo.shapes import random_model_folder
 from dadpo.trainer import CheckpointError, Trainer
@@ -46,6 +47,10 @@ def _free(*models) -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def _tokens(encoded: list[dict]) -> int:
+    return sum(len(e["input_ids"]) for e in encoded)
 
 
 def _trainer_numerics() -> str:
@@ -66,12 +71,20 @@ class Pipeline:
 
     # --- bookkeeping -------------------------------------------------------------------------
     @contextmanager
-    def stage(self, name: str):
+    def stage(self, name: str, tokens: int | None = None):
+        """A timed stage: its seconds, peak memory (GPU memory on a GPU, else RSS) and, when given, the
+        tokens it processed go into the run's facts (the measured rates reproduce.plan projects from)."""
         t0 = time.perf_counter()
         self.log(f"[{self.cfg.setting}/{self.cfg.scale}] {name} ...")
-        yield
+        with PeakMemory(device()) as peak:
+            yield
         dt = time.perf_counter() - t0
         self.timings[name] = round(self.timings.get(name, 0.0) + dt, 2)
+        stats = self.facts.setdefault("stages", {}).setdefault(name, {"seconds": 0.0, "peak_memory_mb": 0.0})
+        stats["seconds"] = round(stats["seconds"] + dt, 2)
+        stats["peak_memory_mb"] = round(max(stats["peak_memory_mb"], peak.peak_mb), 1)
+        if tokens is not None:
+            stats["tokens"] = stats.get("tokens", 0) + tokens
         self.log(f"[{self.cfg.setting}/{self.cfg.scale}] {name} done in {dt:.1f}s")
 
     def _sealed(self, folder: Path, record: Path) -> bool:
@@ -206,7 +219,7 @@ class Pipeline:
                 _free(frozen)
                 return out
 
-            attach_sequence_scores(examples, self._cached_tensors(path, compute, f"precompute:{what}"), what)
+            attach_sequence_scores(examples, self._cached_tensors(path, compute, f"precompute:{what}", _tokens(enc)), what)
             return
         dtype = pick_dtype(cfg.models.dtype, "inference")
         report = {}
@@ -222,17 +235,17 @@ class Pipeline:
                 _free(frozen)
                 return out
 
-            report[answer] = attach_teacher_topk(examples, self._cached_tensors(path, compute, f"precompute:{what}"),
-                                                 answer)
+            report[answer] = attach_teacher_topk(
+                examples, self._cached_tensors(path, compute, f"precompute:{what}", _tokens(enc)), answer)
         self.facts.setdefault("topk_cache", {})[name] = report
 
-    def _cached_tensors(self, path: Path, compute, stage: str) -> dict:
+    def _cached_tensors(self, path: Path, compute, stage: str, tokens: int) -> dict:
         if (hit := load_tensors(path)) is not None:
             return hit
         with self.cache.lock(path):
             if (hit := load_tensors(path)) is not None:
                 return hit
-            with self.stage(stage):
+            with self.stage(stage, tokens):
                 out = compute()
                 save_tensors(path, out)
         return out
@@ -275,7 +288,9 @@ class Pipeline:
                     warnings.warn(f"{e}; training {name} from the start", stacklevel=2)
                     shutil.rmtree(out / "checkpoint", ignore_errors=True)
                     _free(model, trainer)
-            write_json(out / "result.json", {**asdict(result), "model_fingerprint": self.fp(str(out / "model"))})
+            params = sum(p.numel() for p in model.parameters())
+            write_json(out / "result.json", {**asdict(result), "params": params,
+                                             "model_fingerprint": self.fp(str(out / "model"))})
             _free(model, trainer)
 
     def train_rows(self, with_rejected: bool, seed: int) -> list[dict]:
@@ -353,7 +368,7 @@ class Pipeline:
                  for enc in jobs]
         found = [load_tensors(p) for p in paths]
         if any(f is None for f in found):
-            with self.stage(f"measure:{what}"):
+            with self.stage(f"measure:{what}", sum(_tokens(enc) for enc, f in zip(jobs, found) if f is None)):
                 model = load_model(model_path, dtype, self.cfg.models.trust_remote_code)
                 for i, (enc, path) in enumerate(zip(jobs, paths)):
                     if found[i] is None:

@@ -1,10 +1,11 @@
-"""Structured pruning of the teacher into the Table-1 student (METHOD.md: teacher minus 20% of params).
+"""Structured pruning of the teacher into the Table-1 student (teacher minus 20% of params;
+docs/method.md#reconstructions).
 
 Two structured operations, both leaving an ordinary Hugging Face model folder:
 
 - Layer removal (ShortGPT-style): drop the decoder layers with the lowest block influence
   BI_i = 1 - cos(h_in, h_out), averaged over non-padding calibration tokens. The first and last
-  layers are never dropped (ASSETS.md: dropping the last layers breaks the model).
+  layers are never dropped (dropping the last layers breaks the model: docs/assets.md#pruning).
 - Width pruning (LLM-Pruner-style units, simpler score): attention heads and MLP intermediate
   channels. Importance of a unit = RMS over calibration tokens of the L2 norm of the unit's additive
   contribution to the residual stream: for channel j, ||a_j|| * ||W_down[:, j]|| (exact, rank one);

@@ -1,4 +1,4 @@
-"""The only numbers recovered from the paper (METHOD.md), in one place.
+"""The only numbers recovered from the paper (docs/method.md#paper-numbers), in one place.
 
 Each entry: (setting, method, suite, metric) -> value, with the paper's models. Our default
 models are smaller stand-ins, so these are shown beside our rows, labelled with the paper's

@@ -74,7 +74,7 @@ def test_dadpo_margin_closed_form_and_metrics():
     pc, pr, rc, rr, tc, tr = _logps(seed=2)
     b1, b2 = 0.1, 0.25
     m = dadpo_margin(pc, pr, rc, rr, tc, tr, b1, b2)
-    closed = (b1 + b2) * (pc - pr) - b1 * (rc - rr) - b2 * (tc - tr)  # METHOD.md
+    closed = (b1 + b2) * (pc - pr) - b1 * (rc - rr) - b2 * (tc - tr)  # docs/method.md#dadpo
     torch.testing.assert_close(m, closed, rtol=0, atol=1e-12)
     # the delta_te form: m = (b1 + b2) h - b2 delta_te
     h = (pc - rc) - (pr - rr)
