@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import json
+import re
 import shutil
 import time
 import warnings
@@ -49,6 +50,17 @@ def _free(*models) -> None:
         torch.cuda.empty_cache()
 
 
+def _reissue(caught: list) -> None:
+    """Warnings of one stage, once per kind (digits blanked), with how many more there were."""
+    kinds: dict = {}
+    for w in caught:
+        kinds.setdefault((w.category, re.sub(r"\d+", "#", str(w.message))), []).append(w)
+    for ws in kinds.values():
+        w = ws[0]
+        more = f" (and {len(ws) - 1} more like it)" if len(ws) > 1 else ""
+        warnings.warn_explicit(f"{w.message}{more}", w.category, w.filename, w.lineno)
+
+
 def _tokens(encoded: list[dict]) -> int:
     return sum(len(e["input_ids"]) for e in encoded)
 
@@ -68,16 +80,24 @@ class Pipeline:
         self.training_logs: dict[str, list] = {}
         self.answer_lengths: dict[str, dict] = {}  # model -> suite -> [(tokens, ended on end-of-turn)]
         self._dsft: dict[int, str] = {}
+        self._started = 0
+        self.expected_stages = 0  # the entry point sets it (reproduce.run.expected_stages); 0 = unknown
 
     # --- bookkeeping -------------------------------------------------------------------------
     @contextmanager
     def stage(self, name: str, tokens: int | None = None):
         """A timed stage: its seconds, peak memory (GPU memory on a GPU, else RSS) and, when given, the
-        tokens it processed go into the run's facts (the measured rates reproduce.plan projects from)."""
+        tokens it processed go into the run's facts (the measured rates reproduce.plan projects from).
+        It is announced with its position among the run's stages; its warnings are counted and each kind
+        is re-issued once at its end (so a few hundred truncated prompts make one line, not hundreds)."""
         t0 = time.perf_counter()
-        self.log(f"[{self.cfg.setting}/{self.cfg.scale}] {name} ...")
-        with PeakMemory(device()) as peak:
+        self._started += 1
+        where = f"[{self.cfg.setting}/{self.cfg.scale} {self._started}/{max(self._started, self.expected_stages)}]"
+        self.log(f"{where} {name} ...")
+        with PeakMemory(device()) as peak, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             yield
+        _reissue(caught)
         dt = time.perf_counter() - t0
         self.timings[name] = round(self.timings.get(name, 0.0) + dt, 2)
         stats = self.facts.setdefault("stages", {}).setdefault(name, {"seconds": 0.0, "peak_memory_mb": 0.0})
@@ -85,7 +105,7 @@ class Pipeline:
         stats["peak_memory_mb"] = round(max(stats["peak_memory_mb"], peak.peak_mb), 1)
         if tokens is not None:
             stats["tokens"] = stats.get("tokens", 0) + tokens
-        self.log(f"[{self.cfg.setting}/{self.cfg.scale}] {name} done in {dt:.1f}s")
+        self.log(f"{where} {name} done in {dt:.1f}s" + (f" ({len(caught)} warnings)" if caught else ""))
 
     def _sealed(self, folder: Path, record: Path) -> bool:
         """True when `folder` is a finished model: its checksummed `record` (written after the folder)

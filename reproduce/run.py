@@ -20,11 +20,13 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from dadpo.assets import asset_facts
 from dadpo.cache import Cache, atomic_write_text, cache_root
 from dadpo.config import ROWS, SCALES, ConfigError, config_path, load_config
+from dadpo.methods import METHODS
 from evals.judges import VerdictCache, make_judge
 from evals.judging import judge_all
 from evals.agreement import AGREEMENT_COLUMNS
@@ -94,6 +96,7 @@ def main(setting: str, argv=None) -> int:
             raise ConfigError(f"config: setting is {cfg.setting!r}, but this is reproduce.{setting}")
         out = Path(args.out)
         check_writable(out)
+        quiet_libraries()
         return run(cfg, out, Cache(args.cache or cache_root()))
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError, OSError) as e:
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
@@ -116,6 +119,28 @@ def plan(cfg) -> list[Trained]:
     return out
 
 
+def expected_stages(cfg, names: dict[str, Trained]) -> int:
+    """How many stages a run from an empty cache has (shown as "stage 7/31"; cached stages do not run)."""
+    seeds = {t.seed for t in names.values() if t.seed is not None}
+    trained = [t for t in names.values() if t.method != "student"]
+    scores = {(kind, None if kind == "topk" else t.seed) for t in trained for kind in METHODS[t.method].scores}
+    pairs = any("rejected" in METHODS[t.method].answers for t in trained)
+    return (2 + cfg.models.prune.enabled + 1 + len(seeds) * (1 + pairs) + len(scores)
+            + len([t for t in trained if t.method != "sft" or t.sweep]) + 2 * (len(names) + 1) + len(cfg.eval.judges))
+
+
+def quiet_libraries() -> None:
+    """One readable progress display: the suite's stage lines and bars, no library bars, one-line warnings."""
+    import datasets
+    import transformers
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    warnings.showwarning = lambda message, category, *_, **__: print(f"warning: {message}", file=sys.stderr)
+
+
 def run(cfg, out: Path, cache: Cache) -> int:
     from dadpo.pipeline import Pipeline
 
@@ -127,6 +152,7 @@ def run(cfg, out: Path, cache: Cache) -> int:
     judges = [make_judge(j, cfg.eval, cache=verdicts) for j in cfg.eval.judges]
     pipe = Pipeline(cfg, cache)
     names = {t.name: t for t in plan(cfg)}
+    pipe.expected_stages = expected_stages(cfg, names)
     models = {t.name: pipe.trained(t.method, beta2=t.beta2 if t.sweep else None, seed=t.seed)
               for t in names.values()}
     answers = pipe.eval_answers(models)
