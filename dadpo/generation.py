@@ -37,6 +37,8 @@ def backend_tag(backend: str, sampling: Sampling, dtype: torch.dtype | None = to
 def cache_file(model_fp: str, tokenizer, sampling: Sampling, backend: str = "eager",
                dtype: torch.dtype | None = torch.float32):
     """The answers file; `backend` is a resolved name (resolve_backend), `dtype` the model's."""
+    if backend == "auto":
+        raise ValueError("cache_file needs the backend that will run: resolve 'auto' with resolve_backend first")
     template = hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest()[:12]
     settings = asdict(sampling)
     if not settings["ignore_eos"]:  # keys from before the option existed stay valid

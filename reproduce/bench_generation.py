@@ -15,6 +15,9 @@ Floor: decode tokens/s if every step only read the weights once at the measured 
 B x bandwidth / (bytes of decoder layers + LM head); bw_share = tokens/s / floor. The KV cache
 read per step is not in the floor. Rows carry reproduce.bench's columns; case + implementation +
 model + batch + the cold/warm word opening the notes identify a row.
+Time on one H200 (expected): a compiled case ~1 min (mostly compiling), an eager one ~10 s, so all
+six (shape, batch) pairs take ~8 min; cases not started within --budget-s (default 300 s) are
+skipped, every shape's batch 64 first. Split longer runs with --shapes / --batches.
 """
 from __future__ import annotations
 
@@ -58,68 +61,59 @@ def _timed(fn, dev) -> tuple[float, object]:
     return time.perf_counter() - t, out
 
 
-def bench_model(name: str, batches, dev: torch.device, dtype: torch.dtype, bw_gbs: float, prompt_len: int,
-                new: int, impls, case: str, budget_end: float, say) -> list[dict]:
+def bench_case(name: str, B: int, dev: torch.device, dtype: torch.dtype, bw_gbs: float, prompt_len: int,
+               new: int, impls, case: str, say) -> list[dict]:
+    """Rows of one (shape, batch): each implementation's warm decode rate, and the compiled path's cold run."""
     model = random_model(name, dev, dtype)
     shape = shape_of(model)
     wbytes = decode_weight_bytes(shape, dtype)
+    floor = B * bw_gbs * 1e9 / wbytes
     vocab = min(shape.vocab, model.get_input_embeddings().weight.shape[0])
+    prompts = torch.randint(LOW, vocab, (B, prompt_len), generator=torch.Generator().manual_seed(B)).tolist()
     full = Sampling(temperature=0.0, max_new_tokens=new, max_prompt_tokens=prompt_len, ignore_eos=True)
-    one = Sampling(temperature=0.0, max_new_tokens=1, max_prompt_tokens=prompt_len, ignore_eos=True)
-    base = dict(case=case, device=dev.type, stage="generate", device_name=device_name(dev), model=name,
-                params_m=round(shape.n_total / 1e6, 1), dtype=str(dtype).replace("torch.", ""),
-                seq_len_max=prompt_len + new, versions=versions_str(versions()))
-    rows = []
-    for B in batches:
-        g = torch.Generator().manual_seed(B)
-        prompts = torch.randint(LOW, vocab, (B, prompt_len), generator=g).tolist()
-        floor = B * bw_gbs * 1e9 / wbytes
-        warm_tps = {}
-        for impl in impls:
-            row = dict(base, implementation=impl, batch=B, tokens_per_step=B)
-            if time.perf_counter() > budget_end:
-                rows.append(dict(row, notes="skipped: time budget (--budget-s)"))
-                say(f"{name} b={B} {impl}: skipped (time budget)")
-                continue
-            dec = (StaticDecoder(model, PAD) if impl == "static" else EagerDecoder(model, PAD))
-            if impl == "static":
-                dec.plan(prompts, B, full)
-            with decoding_kernels(), torch.no_grad(), PeakMemory(dev) as pm:
-                if impl == "static" and dec.compiled:  # cold: the first call compiles and captures the shape
-                    t_cold, out = _timed(lambda: dec(prompts, full, [EOS], 0), dev)
-                    assert all(len(r) == new for r in out)
-                    f = dec.facts()
-                    cold = dict(row, tokens_per_s=B * new / t_cold, step_ms=1e3 * t_cold / new,
-                                notes=f"cold: first call incl. compile/capture {f['compile_s']:.1f} s "
-                                      f"({f['compiled_shapes']} shape(s), compiled={f['compiled']}); end-to-end "
-                                      f"{B * new} tokens in {t_cold:.1f} s incl. a {prompt_len}-token prefill")
-                else:  # nothing to compile: a short call warms the kernels up
-                    dec(prompts, replace(full, max_new_tokens=2), [EOS], 0)
-                t1, _ = _timed(lambda: dec(prompts, one, [EOS], 0), dev)
-                tn, out = _timed(lambda: dec(prompts, full, [EOS], 0), dev)
-            assert all(len(r) == new for r in out)
-            step = max(tn - t1, 1e-9) / (new - 1)
-            tps = B / step
-            warm_tps[impl] = tps
-            mem = pm.added_mb + model_bytes(model) / 2 ** 20
-            warm = dict(row, step_ms=1e3 * step, tokens_per_s=tps, bw_share=tps / floor, peak_mem_mb=mem,
-                        notes=f"warm: decode rate = B x {new - 1} / (t({new} new) - t(1 new)); end-to-end "
-                              f"{B * new / tn:.0f} tok/s; floor {floor:.0f} tok/s = {wbytes / 1e9:.3f} GB weights "
-                              f"per step at {bw_gbs:.0f} GB/s copy; greedy, full length; random weights")
-            if impl == "static" and dec.compiled:
-                rows.append(dict(cold, peak_mem_mb=mem, bw_share=cold["tokens_per_s"] / floor))
-                say(f"{name} b={B} static cold: {cold['tokens_per_s']:.0f} tok/s end-to-end, "
-                    f"compile {f['compile_s']:.1f} s")
-            rows.append(warm)
-            say(f"{name} b={B} {impl} warm: {tps:.0f} tok/s decode ({1e3 * step:.2f} ms/step, "
-                f"{tps / floor:.1%} of the {floor:.0f} tok/s floor), peak {mem:.0f} MB")
-            if hasattr(dec, "close"):
-                dec.close()
-            del dec
-        if "eager" in warm_tps and "static" in warm_tps:
-            for r in rows:
-                if r.get("batch") == B and r["implementation"] == "static" and r["notes"].startswith("warm"):
-                    r.update(ratio=warm_tps["static"] / warm_tps["eager"], ratio_of="static/eager decode tokens/s")
+    row = dict(case=case, device=dev.type, stage="generate", device_name=device_name(dev), model=name,
+               params_m=round(shape.n_total / 1e6, 1), dtype=str(dtype).replace("torch.", ""), batch=B,
+               seq_len_max=prompt_len + new, tokens_per_step=B, versions=versions_str(versions()))
+    rows, warm = [], {}
+    for impl in impls:
+        dec = StaticDecoder(model, PAD) if impl == "static" else EagerDecoder(model, PAD)
+        if impl == "static":
+            dec.plan(prompts, B, full)
+        cold = getattr(dec, "compiled", False)
+        with decoding_kernels(), torch.no_grad(), PeakMemory(dev) as pm:
+            if cold:  # cold: the first call compiles and captures the shape
+                t_cold, _ = _timed(lambda: dec(prompts, full, [EOS], 0), dev)
+                compile_s = dec.facts()["compile_s"]
+            else:  # nothing to compile: a short call warms the kernels up
+                dec(prompts, replace(full, max_new_tokens=2), [EOS], 0)
+            t1, _ = _timed(lambda: dec(prompts, replace(full, max_new_tokens=1), [EOS], 0), dev)
+            tn, out = _timed(lambda: dec(prompts, full, [EOS], 0), dev)
+        assert all(len(r) == new for r in out)
+        mem = pm.added_mb + model_bytes(model) / 2 ** 20
+        label = f"{impl} (compiled)" if getattr(dec, "compiled", False) else impl  # a failed compile falls back
+        if cold:
+            tps = B * new / t_cold
+            rows.append(dict(row, implementation=impl, tokens_per_s=tps, step_ms=1e3 * t_cold / new,
+                             bw_share=tps / floor, peak_mem_mb=mem,
+                             notes=f"cold: first call, compiling and capturing {compile_s:.1f} s of it; end-to-end "
+                                   f"{B * new} tokens in {t_cold:.1f} s incl. a {prompt_len}-token prefill; "
+                                   "random weights"))
+            say(f"{name} b={B} {label} cold: {tps:.0f} tok/s end-to-end, compile {compile_s:.1f} s")
+        step = max(tn - t1, 1e-9) / (new - 1)
+        tps = B / step
+        warm[impl] = dict(row, implementation=impl, step_ms=1e3 * step, tokens_per_s=tps, bw_share=tps / floor,
+                          peak_mem_mb=mem,
+                          notes=f"warm: {label}; decode rate = B x {new - 1} / (t({new} new) - t(1 new)); end-to-end "
+                                f"{B * new / tn:.0f} tok/s; floor {floor:.0f} tok/s = {wbytes / 1e9:.3f} GB weights "
+                                f"per step at {bw_gbs:.0f} GB/s copy; greedy, full length; random weights")
+        rows.append(warm[impl])
+        say(f"{name} b={B} {label} warm: {tps:.0f} tok/s decode ({1e3 * step:.2f} ms/step, "
+            f"{tps / floor:.1%} of the {floor:.0f} tok/s floor), peak {mem:.0f} MB")
+        if hasattr(dec, "close"):
+            dec.close()
+    if len(warm) == 2:
+        warm["static"].update(ratio=warm["static"]["tokens_per_s"] / warm["eager"]["tokens_per_s"],
+                              ratio_of="static/eager decode tokens/s")
     del model
     if dev.type == "cuda":
         torch.cuda.empty_cache()
@@ -144,10 +138,16 @@ def run(shapes=None, batches=None, impls=("eager", "static"), prompt_len=None, n
     case = "gpu-generation" if gpu else "cpu-generation"
     end = time.perf_counter() + budget_s
     rows = []
-    for name in shapes:
-        rows += bench_model(name, batches, dev, dtype, bw, prompt_len, new, impls, case, end, say)
-        if out:
-            write_csv(Path(out), rows)
+    for B in batches:  # every shape at the first batch size first: the budget cuts the larger batches
+        for name in shapes:
+            if time.perf_counter() > end:
+                say(f"{name} b={B}: skipped (time budget)")
+                rows += [dict(case=case, device=dev.type, stage="generate", implementation=impl, model=name, batch=B,
+                              notes="skipped: time budget (--budget-s)") for impl in impls]
+                continue
+            rows += bench_case(name, B, dev, dtype, bw, prompt_len, new, impls, case, say)
+            if out:
+                write_csv(Path(out), rows)
     return rows
 
 
@@ -158,7 +158,8 @@ def main(argv=None) -> int:
     ap.add_argument("--impls", nargs="+", default=["eager", "static"], choices=["eager", "static"])
     ap.add_argument("--prompt", type=int, help="prompt tokens (default 128 on GPU, 16 on CPU)")
     ap.add_argument("--new", type=int, help="new tokens (default 256 on GPU, 8 on CPU)")
-    ap.add_argument("--budget-s", type=float, default=300, help="later cases are skipped once this has passed")
+    ap.add_argument("--budget-s", type=float, default=300,
+                    help="cases not started when this has passed are skipped (a compiled case takes ~1 min on GPU)")
     ap.add_argument("--out", help="CSV file to write (rewritten after each shape)")
     args = ap.parse_args(argv)
     if args.new is not None and args.new < 2:

@@ -114,6 +114,8 @@ def test_cache_key_names_the_backend_only_where_answers_can_differ(tok):
                                                                                  torch.bfloat16)
     assert cache_file("m", tok, sampled, "static") != cache_file("m", tok, sampled, "eager")
     assert cache_file("m", tok, Sampling(temperature=0.0, ignore_eos=True)) != cache_file("m", tok, greedy)
+    with pytest.raises(ValueError, match="resolve 'auto'"):
+        cache_file("m", tok, greedy, "auto")
     # keys written before the ignore_eos option existed still find their answers
     from dataclasses import asdict
 
@@ -124,9 +126,10 @@ def test_cache_key_names_the_backend_only_where_answers_can_differ(tok):
     assert cache_file("m", tok, greedy).stem == stable_hash({"model": "m", "template": template, "sampling": old})
 
 
-def test_backend_names(tiny_model):
+def test_backend_names(tok, tiny_model):
     assert resolve_backend("auto", "cuda") == "static" and resolve_backend("static", "cpu") == "static"
-    assert resolve_backend("auto", "cpu") in ("eager", "static")
+    _, st = generate(tiny_model, tok, ["Hello"], Sampling(max_new_tokens=2), "fp", backend="auto")
+    assert st["backend"] == resolve_backend("auto", "cpu")
     with pytest.raises(ValueError, match="unknown generation backend 'vllm'"):
         make_decoder("vllm", tiny_model, 0)
 
