@@ -11,13 +11,14 @@ and `close()`, called after them.
   static  transformers' StaticCache driven by a small loop here: prefill uncompiled, then a
           one-token step (forward + greedy / top-p pick) compiled with torch.compile, captured as
           a CUDA graph ("reduce-overhead") on GPU. One compiled shape per (rows, cache length):
-          rows = the call's batch size (a short last batch gets dummy rows), cache length = the
-          call's longest prompt rounded up to a power of two (at least 64) + max_new_tokens; so a
-          call compiles one shape and later calls with like prompts reuse it. Why not
-          `model.generate(cache_implementation="static")`: it syncs with the host and runs its
-          logits processors every step; this loop keeps the device busy (one sync every 8 steps
-          for the end-of-turn check) and the pick runs inside the graph. Uncompiled (CPU by
-          default) it runs eager's arithmetic: greedy fp32 answers are eager's token for token.
+          rows = the call's batch size (or the next power of two over a smaller call's prompt
+          count; a short batch gets dummy rows), cache length = the call's longest prompt rounded
+          up to a power of two (at least 64) + max_new_tokens; so a call compiles one shape, and
+          later calls with like prompts reuse it. Why not `model.generate(cache_implementation=
+          "static")`: it checks on the host for finished rows and runs its logits processors
+          every step; this loop keeps the device busy (a host check every 8 steps) and the pick
+          runs inside the graph. Uncompiled (CPU by default) it runs eager's kernels on the same
+          numbers: greedy fp32 answers are eager's token for token.
   auto    static on CUDA; on CPU the one measured faster there (CPU_AUTO).
 
 cuDNN attention is switched off while decoding (`decoding_kernels`): it builds a new plan for
@@ -40,7 +41,10 @@ from dataclasses import dataclass
 
 import torch
 
-CPU_AUTO = "eager"  # measured on SmolLM2-135M, batch 16, 64 new tokens: see the README's generation figures
+# CPU: SmolLM2-135M, 16 ShareGPT prompts, 64 new tokens, one thread, CPU seconds (best of 2-3): fp32 eager
+# 34.7 vs static 31.5, bf16 (the CPU inference dtype) eager 165.6 vs static 141.0-177.1: no reliable winner on a
+# shared machine, so eager (answers and cache keys as before); compiling on CPU cost minutes and gained nothing.
+CPU_AUTO = "eager"
 BACKENDS = ("eager", "static")
 CHECK_EVERY = 8  # decoding steps between the (host-syncing) all-rows-finished checks
 
@@ -128,6 +132,43 @@ class EagerDecoder:
         return out[:, ids.shape[1]:].tolist()
 
 
+PACKED_ATTENTION = "dadpo_packed_sdpa"
+
+
+def packed_decode_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kw):
+    """transformers' SDPA attention, except for a one-token query of grouped-query attention: there
+    the query heads that share a key/value head become that head's query rows, so the cache is read
+    once, not copied per query head (transformers' repeat_kv, its path under torch.compile, copies
+    it: at batch 256 that traffic outweighs the weights). Without compiling, transformers 5.2x runs
+    this same packing in its own decode step."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    groups = getattr(module, "num_key_value_groups", 1)
+    if query.shape[2] != 1 or groups == 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kw)
+    b, heads, _, dim = query.shape
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query.reshape(b, heads // groups, groups, dim), key, value, attn_mask=attention_mask, scale=scaling)
+    return out.reshape(b, heads, 1, value.shape[-1]).transpose(1, 2).contiguous(), None
+
+
+@contextlib.contextmanager
+def packed_attention(model):
+    """The model runs packed_decode_attention (it also takes our 4D boolean masks) for the block."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(PACKED_ATTENTION, packed_decode_attention)
+    prev = model.config._attn_implementation
+    model.set_attn_implementation(PACKED_ATTENTION)
+    if model.config._attn_implementation != PACKED_ATTENTION:
+        raise ValueError(f"backend static needs a model on transformers' attention interface ({type(model).__name__} "
+                         "is not); use generation.backend=eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(prev)
+
+
 def _pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
@@ -204,7 +245,8 @@ class StaticDecoder:
         if self.shape is None:
             self.plan(prompt_ids, len(prompt_ids), sampling)
         try:
-            return self._decode(prompt_ids, sampling, stop_ids, seed)
+            with packed_attention(self.model):
+                return self._decode(prompt_ids, sampling, stop_ids, seed)
         except Exception as e:  # noqa: BLE001 - a step that fails to compile must not end the run
             if not self.compiled or isinstance(e, (ValueError, torch.cuda.OutOfMemoryError)):
                 raise
@@ -213,7 +255,8 @@ class StaticDecoder:
             self.compiled = False
             self.steps.clear()
             torch._dynamo.reset()
-            return self._decode(prompt_ids, sampling, stop_ids, seed)
+            with packed_attention(self.model):
+                return self._decode(prompt_ids, sampling, stop_ids, seed)
 
     @torch.no_grad()
     def _decode(self, prompt_ids, sampling: Sampling, stop_ids, seed: int) -> list[list[int]]:

@@ -5,7 +5,7 @@ import warnings
 import pytest
 import torch
 
-from dadpo.decoding import Sampling, StaticDecoder, make_decoder, pick, resolve_backend
+from dadpo.decoding import Sampling, StaticDecoder, make_decoder, packed_decode_attention, pick, resolve_backend
 from dadpo.generation import _prompt_key, cache_file, generate
 from dadpo.testing import tiny_llama
 
@@ -76,6 +76,21 @@ def test_pick_samples_the_nucleus_in_proportion():
     full = torch.bincount(pick(logits, 1.0, 1.0, noise), minlength=4) / 20000
     assert torch.allclose(full, probs, atol=0.02)
     assert pick(logits[:2], 0.0, 0.7, None).tolist() == [0, 0]
+
+
+def test_packed_attention_equals_repeated_key_values():
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(shape, generator=g) for shape in ((3, 6, 1, 8), (3, 2, 10, 8), (3, 2, 10, 8)))
+    mask = torch.rand(3, 1, 1, 10, generator=g) > 0.3
+    mask[:, ..., -1] = True
+    out, _ = packed_decode_attention(SimpleNamespace(num_key_value_groups=3), q, k, v, mask, scaling=0.5)
+    want = torch.nn.functional.scaled_dot_product_attention(q, repeat_kv(k, 3), repeat_kv(v, 3), attn_mask=mask,
+                                                            scale=0.5).transpose(1, 2)
+    assert out.shape == (3, 1, 6, 8) and torch.allclose(out, want, atol=1e-6)
 
 
 def test_cache_contract_with_static_backend(tok, chaotic, monkeypatch):
