@@ -30,7 +30,7 @@ from dadpo.cache import Cache, load_tensors, read_json, save_tensors, stable_has
 from dadpo.chat import CHAT_TEMPLATES, check_tokenizers, encode_example
 from dadpo.config import ExperimentConfig
 from dadpo.examples import answers_of, attach_sequence_scores, attach_teacher_topk, encode_rows
-from dadpo.generation import Sampling, cache_file, cached_answers, generate
+from dadpo.generation import Sampling, answer_lengths, cache_file, cached_answers, generate, resolve_backend
 from dadpo.methods import Method, build_method
 from dadpo.memory import PeakMemory
 from dadpo.modeling import device, fingerprint, load_model, load_tokenizer, pick_dtype, resolve
@@ -78,7 +78,7 @@ class Pipeline:
         self.timings: dict[str, float] = {}
         self.facts: dict = {}
         self.training_logs: dict[str, list] = {}
-        self.answer_lengths: dict[str, dict] = {}  # model -> suite -> [(tokens, ended on end-of-turn)]
+        self.eval_lengths: dict[str, dict] = {}  # model -> suite -> [(tokens, ended on an end-of-turn)]
         self._dsft: dict[int, str] = {}
         self._started = 0
         self.expected_stages = 0  # the entry point sets it (reproduce.run.expected_stages); 0 = unknown
@@ -200,23 +200,31 @@ class Pipeline:
         return Sampling(temperature=0.0 if greedy else g.temperature, top_p=g.top_p,
                         max_new_tokens=max_new_tokens or g.max_new_tokens,
                         max_prompt_tokens=self.cfg.data.max_prompt_tokens,
-                        seed=self.cfg.seed if seed is None else seed)
+                        seed=self.cfg.seed if seed is None else seed,
+                        ignore_eos=self.shape_run)  # shape runs: every answer at full length (worst case)
 
-    def answers(self, model_path: str, prompts: list[str], sampling: Sampling, name: str) -> list[str]:
-        """Answers of a model (cached); the model is loaded only if some answer is missing."""
-        fp = self.fp(model_path)
-        path = cache_file(self.cache, fp, self.tokenizer, sampling)
+    def answers(self, model_path: str, prompts: list[str], sampling: Sampling, name: str,
+                lengths: list | None = None) -> list[str]:
+        """Answers of a model (cached); the model is loaded only if some answer is missing. `lengths`, if
+        given, receives each answer's (tokens, ended on an end-of-turn) when the answer file holds them."""
+        dtype = pick_dtype(self.cfg.generation.dtype, "inference")
+        backend = resolve_backend(self.cfg.generation.backend, device())
+        path = cache_file(self.cache, self.fp(model_path), self.tokenizer, sampling, backend, dtype)
         hit = cached_answers(path, prompts)
         if hit is None:
             with self.cache.lock(path):
                 if (hit := cached_answers(path, prompts)) is None:
                     with self.stage(f"generate:{name}"):
-                        model = load_model(model_path, pick_dtype(self.cfg.generation.dtype, "inference"),
-                                           self.cfg.models.trust_remote_code)
-                        hit, stats = generate(model, self.tokenizer, prompts, sampling, path,
-                                              self.cfg.generation.batch_size, desc=f"answers {name}")
+                        model = load_model(model_path, dtype, self.cfg.models.trust_remote_code)
+                        hit, stats = generate(model, self.tokenizer, prompts, sampling, self.fp(model_path),
+                                              cache=self.cache, batch_size=self.cfg.generation.batch_size,
+                                              desc=f"answers {name}", backend=backend)
                         _free(model)
+                    stats.pop("answers")  # kept in the answer file (answer_lengths)
                     self.facts.setdefault("generation", {})[name] = stats
+                    self.facts["stages"][f"generate:{name}"]["tokens"] = stats["new_tokens"]
+        if lengths is not None:
+            lengths.extend(answer_lengths(path, prompts) or [])
         return hit
 
     # --- training ------------------------------------------------------------------------------
@@ -373,9 +381,13 @@ class Pipeline:
         prompts = [it["prompt"] for items in suites.values() for it in items]
         out = {s: {"items": items} for s, items in suites.items()}
         for row, path in {"teacher": self.teacher_path, **models}.items():
-            answers = iter(self.answers(path, prompts, greedy, f"{row}/eval"))
+            lengths: list = []
+            answers = iter(self.answers(path, prompts, greedy, f"{row}/eval", lengths))
+            lengths = iter(lengths) if lengths else None
             for suite, items in suites.items():
                 out[suite][row] = [next(answers) for _ in items]
+                if lengths is not None:
+                    self.eval_lengths.setdefault(row, {})[suite] = [next(lengths) for _ in items]
         return out
 
     # --- judge-free measures ------------------------------------------------------------------

@@ -163,7 +163,7 @@ def run(cfg, out: Path, cache: Cache) -> int:
             runs += judge_all([judge], answers, list(models), "teacher", cfg.eval.bootstrap, cfg.eval.bootstrap_seed)
         judge.close()
     records = [r for run in runs for r in run.records]
-    measures = {name: answer_measures(answers, name, pipe.answer_lengths.get(name), cfg.eval.max_new_tokens, nll)
+    measures = {name: answer_measures(answers, name, pipe.eval_lengths.get(name), cfg.eval.max_new_tokens, nll)
                 for name in ["teacher", *models]}
     lc = lc_columns(records, cfg.eval.bootstrap, cfg.eval.bootstrap_seed)
     rows = result_rows(cfg, [r for run in runs for r in run.rows], names, measures, lc)

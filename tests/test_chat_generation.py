@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from dadpo.cache import Cache
+
 from dadpo.chat import TokenizerMismatch, check_tokenizers, encode_example, encode_prompt, end_of_turn_ids, prompt_text
-from dadpo.generation import Sampling, cache_file, generate
+from dadpo.generation import Sampling, _prompt_key, cache_file, generate
 from dadpo.testing import tiny_tokenizer
 
 
@@ -62,31 +63,40 @@ def test_tokenizer_check_padded_rows_need_opt_in(tok):
 def test_generation_cache_hits_second_time(tok, tiny_model, monkeypatch):
     prompts = ["Hello", "What is the capital of France?", "Write a poem", "Hello"]
     s = Sampling(temperature=0.7, max_new_tokens=6, seed=3)
-    a, st = generate(tiny_model, tok, prompts, s, cache_file(Cache.default(), "fp-a", tok, s), batch_size=2)
+    a, st = generate(tiny_model, tok, prompts, s, "fp-a", cache=Cache.default(), batch_size=2)
     assert st["cached"] == 0 and st["new_tokens"] > 0 and len(a) == 4 and a[0] == a[3]
     calls = []
     monkeypatch.setattr(tiny_model, "generate", lambda *x, **k: calls.append(1))
-    b, st2 = generate(tiny_model, tok, prompts, s, cache_file(Cache.default(), "fp-a", tok, s), batch_size=2)
+    b, st2 = generate(tiny_model, tok, prompts, s, "fp-a", cache=Cache.default(), batch_size=2)
     assert b == a and st2["cached"] == 4 and not calls
     # any change of model or settings is a different cache entry
     assert cache_file(Cache.default(), "fp-b", tok, s) != cache_file(Cache.default(), "fp-a", tok, s)
     assert cache_file(Cache.default(), "fp-a", tok, Sampling(temperature=0.7, max_new_tokens=6, seed=4)) != cache_file(Cache.default(), "fp-a", tok, s)
 
 
-def test_generation_is_seeded_and_batch_independent_when_greedy(tok, tiny_model):
+@pytest.mark.parametrize("backend", ["eager", "static"])
+def test_generation_is_seeded_and_batch_independent_when_greedy(tok, tiny_model, backend):
     prompts = ["Hello", "Explain the theory of relativity", "List three ways"]
     s = Sampling(temperature=0.0, max_new_tokens=5)
-    a, _ = generate(tiny_model, tok, prompts, s, cache_file(Cache.default(), "fp-1", tok, s), batch_size=3)
-    b, _ = generate(tiny_model, tok, prompts, s, cache_file(Cache.default(), "fp-2", tok, s), batch_size=1)
+    a, _ = generate(tiny_model, tok, prompts, s, "fp-1", cache=Cache.default(), batch_size=3, backend=backend)
+    b, _ = generate(tiny_model, tok, prompts, s, "fp-2", cache=Cache.default(), batch_size=1, backend=backend)
     assert a == b  # left padding does not change greedy answers
 
 
-def test_generation_stops_at_end_of_turn(tok, tiny_model):
+@pytest.mark.parametrize("backend", ["eager", "static"])
+def test_generation_stops_at_end_of_turn_unless_told_to_ignore_it(tok, tiny_model, backend):
     eot = tok.convert_tokens_to_ids("<|im_end|>")
     # make the model always emit end-of-turn: zero head weights, a bias on that token
     tiny_model.lm_head.weight = torch.nn.Parameter(torch.zeros_like(tiny_model.lm_head.weight))
     tiny_model.lm_head.bias = torch.nn.Parameter(torch.zeros(len(tok)))
     with torch.no_grad():
         tiny_model.lm_head.bias[eot] = 10.0
-    a, st = generate(tiny_model, tok, ["Hello"], Sampling(temperature=0.0, max_new_tokens=8), cache_file(Cache.default(), "fp-eot", tok, Sampling(temperature=0.0, max_new_tokens=8)))
-    assert a == [""] and st["new_tokens"] == 1
+    prompts = ["Hello", "Write a poem about the sea"]
+    a, st = generate(tiny_model, tok, prompts, Sampling(temperature=0.0, max_new_tokens=8), "fp-eot", cache=Cache.default(), backend=backend)
+    assert a == ["", ""] and st["new_tokens"] == 2 and st["cut_at_max_new_tokens"] == 0
+    assert st["answers"][_prompt_key("Hello")] == [1, True]
+    # shape runs force full-length answers: the end-of-turn id neither stops nor cuts them
+    full = Sampling(temperature=0.0, max_new_tokens=8, ignore_eos=True)
+    a, st = generate(tiny_model, tok, prompts, full, "fp-eot", cache=Cache.default(), backend=backend)
+    assert st["new_tokens"] == 16 and st["cut_at_max_new_tokens"] == 2
+    assert sorted(st["answers"].values()) == [[8, False], [8, False]]
