@@ -136,9 +136,10 @@ def test_train_stage_rows_for_every_implementation(tok, tmp_path, one_thread):
     attach_scores(exs, teacher, tok.pad_token_id, "te")
     attach_topk(exs, teacher, tok.pad_token_id, 8)
     sink = rows.Sink("tiny-test", torch.device("cpu"), "cpu", "", peak_tflops=1.0, bw_gbs=1.0)
-    tps = train.bench_train(sink, student, tok, exs, batch=2, warmup=1, rounds=2, workdir=tmp_path, teacher=teacher)
-    assert set(tps) == {"sft", "ddpo", "dadpo", "kd", "trl_dpo", "trl_kd"}, [r.get("notes") for r in sink.rows]
-    for name in tps:
+    got = train.bench_train(sink, student, tok, exs, batch=2, warmup=1, rounds=2, workdir=tmp_path, teacher=teacher)
+    assert set(got) == {"sft", "ddpo", "dadpo", "kd", "trl_dpo", "trl_kd"}, [r.get("notes") for r in sink.rows]
+    for name in got:
+        assert len(got[name]["round_s"]) == 2 and all(t > 0 for t in got[name]["round_s"])
         r = sink.find("train", name)
         assert r["tokens_per_s"] > 0 and r["peak_mem_mb"] > 0 and math.isfinite(r["loss"])
         assert "2 timed steps" in r["notes"]

@@ -149,8 +149,8 @@ def run_cpu(args, partial_csv: Path | None) -> tuple[list[dict], dict]:
     with tempfile.TemporaryDirectory() as wd:
         if "parity" in stages:
             bench_parity(sink, student, tok, exs[: max(args.batch, 4)], Path(wd))
-        if "train" in stages:
-            bench_train(sink, student, tok, exs, args.batch, args.warmup, args.steps, Path(wd), teacher=teacher)
+        rounds = bench_train(sink, student, tok, exs, args.batch, args.warmup, args.steps, Path(wd),
+                             teacher=teacher) if "train" in stages else {}
     sink.peak_tflops = peaks["matmul_bf16_tflops"]
     if "generate" in stages:
         bench_generate(sink, "smollm2-135m", t16, (1, 16, 64), args.gen_prompt, args.gen_new,
@@ -158,7 +158,7 @@ def run_cpu(args, partial_csv: Path | None) -> tuple[list[dict], dict]:
     tokens = sum(len(e["chosen"]["input_ids"]) + len(e["rejected"]["input_ids"]) for e in exs)
     return sink.rows, run_facts(
         args, sink, peaks, t0, teacher=relative(tdir), student=relative(sdir), teacher_fp=tfp, student_fp=sfp,
-        pairs=n, pair_tokens=tokens, prompts=[e["id"] for e in exs],
+        pairs=n, pair_tokens=tokens, prompts=[e["id"] for e in exs], train_rounds=rounds,
         notes="training fp32 (peak: measured fp32 matmul), scoring and generation bf16 (peak: measured bf16 "
               "matmul), as the suite picks on CPU; shared cores, loadavg given; answers generated with T=0.7, "
               "top-p 0.95 and cached by dadpo.generation")
@@ -195,12 +195,13 @@ def run_random(args, partial_csv: Path | None) -> tuple[list[dict], dict]:
             bench_generate(sink, name, model, (1, 4) if tiny else (1, 16, 64), args.gen_prompt, args.gen_new,
                            budget=budget)
         print(f"[bench] generation done at {time.perf_counter() - t0:.0f}s", flush=True)
+    rounds = {}
     if "train" in stages:
         if teacher.config.vocab_size != svocab:  # TRL's GKDTrainer needs equal vocabulary sizes
             teacher.resize_token_embeddings(svocab)  # the padded rows beyond the student's: the KD cache cuts them too
         with tempfile.TemporaryDirectory() as wd:
-            bench_train(sink, student, tok, exs, args.batch, args.warmup, args.steps, Path(wd), teacher=teacher,
-                        budget=budget)
+            rounds = bench_train(sink, student, tok, exs, args.batch, args.warmup, args.steps, Path(wd),
+                                 teacher=teacher, budget=budget)
             print(f"[bench] training done at {time.perf_counter() - t0:.0f}s", flush=True)
             if args.train_teacher_shape and budget.left() > 60:
                 # the teacher's shape (full vocabulary again) as a student: does a training step fit at all?
@@ -210,10 +211,11 @@ def run_random(args, partial_csv: Path | None) -> tuple[list[dict], dict]:
                     torch.cuda.empty_cache()
                 big = random_model(tname, dev, dtype, seed=1)
                 copy_scores(exs, "te", "ref")  # frozen scores: any values do for timing
-                bench_train(sink, big, tok, exs, args.big_batch, 2, max(2, args.steps // 2), Path(wd),
-                            ("ddpo", "dadpo", "trl_dpo"), label=f"@{tname}", interleave=False, budget=budget)
+                rounds |= bench_train(sink, big, tok, exs, args.big_batch, 2, max(2, args.steps // 2), Path(wd),
+                                      ("ddpo", "dadpo", "trl_dpo"), label=f"@{tname}", interleave=False,
+                                      budget=budget)
     return sink.rows, run_facts(
-        args, sink, peaks, t0, student=sname, teacher=tname, dtype=str(dtype),
+        args, sink, peaks, t0, student=sname, teacher=tname, dtype=str(dtype), train_rounds=rounds,
         notes="random weights of the named shapes; synthetic token ids with varied prompt / answer lengths; "
               "training steps use lr=1e-9 so all implementations see the same weights; for the train stage the "
               "teacher's padded vocabulary rows beyond the student's are cut (TRL's GKDTrainer needs equal sizes)")

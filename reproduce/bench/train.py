@@ -83,7 +83,7 @@ def bench_train(sink: Sink, student, tokenizer, exs: list[dict], batch: int, war
                 workdir: Path, methods=("sft", "ddpo", "dadpo", "kd", "trl_dpo", "trl_kd"), teacher=None,
                 label: str = "", interleave: bool = True, budget: Budget | None = None) -> dict:
     """Rows for each implementation in `methods` (+ `label`), their ratios and daDPO / dDPO; returns
-    {name: median tokens/s}."""
+    {name: {"tokens_per_s": median, "round_s": step seconds per round (None: no step)}} for provenance."""
     dev = sink.dev
     batches = [exs[i:i + batch] for i in range(0, len(exs) - batch + 1, batch)][:max(1, rounds)]
     shape, tshape = shape_of(student), (shape_of(teacher) if teacher is not None else None)
@@ -152,7 +152,7 @@ def bench_train(sink: Sink, student, tokenizer, exs: list[dict], batch: int, war
 
     seq_max = max(len(e[a]["input_ids"]) for b in batches for e in b for a in ("chosen", "rejected"))
     common = dict(stage="train", model=label.strip("@") or None, dtype=dtype_name(student), batch=batch)
-    tps = {}
+    tps, out = {}, {}
     for name in methods:
         done = [t for t in timings[name] if t is not None]
         if not done:
@@ -160,6 +160,7 @@ def bench_train(sink: Sink, student, tokenizer, exs: list[dict], batch: int, war
                      notes=errors.get(name, "skipped: time budget"))
             continue
         tps[name] = statistics.median(tok / dt for dt, tok, _, _ in done)
+        out[name + label] = {"tokens_per_s": tps[name], "round_s": [t and round(t[0], 4) for t in timings[name]]}
         tflops = statistics.median(fl / dt for dt, _, fl, _ in done) / 1e12
         how = ("interleaved with the other implementations, order rotating" if interleave else "in a row")
         sink.add(implementation=name + label, **common, params_m=round(shape.n_total / 1e6, 1), seq_len_max=seq_max,
@@ -186,7 +187,7 @@ def bench_train(sink: Sink, student, tokenizer, exs: list[dict], batch: int, war
                  notes=f"median of per-round ratios over {len(per)} rounds on the same batches (IQR {q[0]:.4f}-"
                        f"{q[2]:.4f}); ratio of summed times {sum(a) / sum(b):.4f}; dDPO median "
                        f"{1e3 * statistics.median(b):.1f} ms; target <= 1.02")
-    return tps
+    return out
 
 
 def _per_round(timings: dict, a: str, b: str, f) -> list[float]:

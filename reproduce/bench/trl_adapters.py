@@ -77,7 +77,6 @@ def _quiet():
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning)
-            warnings.filterwarnings("ignore", message=".*experimental.*")
             yield
     finally:
         datasets.enable_progress_bars()
@@ -85,6 +84,14 @@ def _quiet():
             os.environ.pop("TQDM_DISABLE", None)
         else:
             os.environ["TQDM_DISABLE"] = old
+
+
+def _gkd():
+    """TRL's experimental GKD trainer (its import warns that the API is unstable: the docstring above says so)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*trl.experimental.*")
+        from trl.experimental.gkd import GKDConfig, GKDTrainer
+    return GKDConfig, GKDTrainer
 
 
 def _one_row(**row):
@@ -147,8 +154,7 @@ class TrlDPO(_Stepper):
 
 class TrlKD(_Stepper):
     def __init__(self, student, teacher, tokenizer, dev: torch.device, workdir: Path, lr: float):
-        from trl.experimental.gkd import GKDConfig, GKDTrainer
-
+        GKDConfig, GKDTrainer = _gkd()
         pad_id = tokenizer.pad_token_id
         with _quiet():
             args = GKDConfig(output_dir=str(Path(workdir) / "trl_gkd"), lmbda=0.0, beta=0.0, temperature=1.0,
@@ -164,6 +170,4 @@ class TrlKD(_Stepper):
 
 def trl_forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> float:
     """TRL's forward KL(teacher || student), mean over rows of [N, V] logits (GKD's beta = 0)."""
-    from trl.experimental.gkd import GKDTrainer
-
-    return float(GKDTrainer.generalized_jsd_loss(student_logits, teacher_logits, beta=0.0))
+    return float(_gkd()[1].generalized_jsd_loss(student_logits, teacher_logits, beta=0.0))
