@@ -145,6 +145,10 @@ def run_cpu(args, partial_csv: Path | None) -> tuple[list[dict], dict]:
     attach_scores(timed_scores, "smollm2-135m", t16, exs, pad, "te", args.score_batch, topk=args.topk)
     if "kd_topk" in stages:
         bench_kd_topk(sink, student, teacher, exs, pad, model="smollm2-135m -> pruned")
+    del s16  # the bf16 copies are for inference; training holds one AdamW state per implementation
+    if "generate" not in stages:
+        del t16
+    gc.collect()
     sink.peak_tflops = peaks["matmul_fp32_tflops"]  # training runs in fp32 on CPU
     with tempfile.TemporaryDirectory() as wd:
         if "parity" in stages:

@@ -58,10 +58,12 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
-    """Old rows whose key (case, device, stage, implementation) reappears are replaced by the new ones."""
+    """Old rows whose key (case, device, stage, implementation) reappears are replaced in place by the
+    new ones; new keys are appended."""
     key = lambda r: tuple(str(r.get(k, "")) for k in KEY)  # noqa: E731
-    fresh = {key(r) for r in new}
-    return [r for r in old if key(r) not in fresh] + list(new)
+    fresh = {key(r): r for r in new}
+    out = [fresh.pop(key(r), r) for r in old]
+    return out + [r for r in new if key(r) in fresh]
 
 
 def merge_provenance(old: dict, new: dict) -> dict:
