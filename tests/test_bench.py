@@ -1,14 +1,19 @@
-"""reproduce.bench bookkeeping and parity helpers on tiny models (no timing asserted)."""
+"""reproduce.bench on tiny models: FLOPs, result rows, TRL layouts and parity, the train stage's rows
+(no timing is asserted)."""
+import json
 import math
 
 import pytest
 import torch
 
-from reproduce import bench
+from reproduce.bench import cases, flops, rows, train, trl_adapters
+from reproduce.bench.__main__ import parse_args
+from reproduce.bench.kd_topk import kd_full_and_trl
+from reproduce.bench.measure import model_bytes
 
 
 def _pairs(n=3, vocab=300, seed=0):
-    exs = bench.synthetic_pairs(n, vocab, seed, prompt=(3, 6), chosen=(4, 9), rejected=(2, 9), max_len=20)
+    exs = cases.synthetic_pairs(n, vocab, seed, prompt=(3, 6), chosen=(4, 9), rejected=(2, 9), max_len=20)
     g = torch.Generator().manual_seed(seed)
     for e in exs:  # arbitrary frozen log-probs, so DPO margins are not 0
         for k in ("ref_chosen", "ref_rejected", "te_chosen", "te_rejected"):
@@ -17,97 +22,145 @@ def _pairs(n=3, vocab=300, seed=0):
     return exs
 
 
-def test_flops_follow_the_documented_formula():
-    m = bench.random_model("tiny-student", torch.device("cpu"), torch.float32)
-    s = bench.shape_of(m)
-    c = bench.QWEN_SHAPES["tiny-student"]
+def _eager_tiny_qwen():
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(**cases.QWEN_SHAPES["tiny-student"], eos_token_id=2, pad_token_id=3)
+    return AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")  # attention as countable matmuls
+
+
+def test_flops_formula_agrees_with_flop_counter_on_an_unpadded_batch():
+    m = _eager_tiny_qwen()
+    s = flops.shape_of(m)
     assert (s.layers, s.d, s.d_att, s.vocab) == (2, 64, 64, 512)
-    assert s.n_body == sum(p.numel() for p in m.model.layers.parameters())
-    assert s.n_total == s.n_body + c["vocab_size"] * 64 + 64  # tied head, final norm
-    lens, resp = [3, 5], 4
-    want = 6 * (s.n_body * 8 + 512 * 64 * 4 + 2 * 64 * (9 + 25))
-    assert bench.model_flops(s, lens, resp, train=True) == want
-    assert bench.model_flops(s, lens, resp, train=False) == want // 3
-    assert bench.decode_weight_bytes(s, torch.bfloat16) == 2 * (s.n_body + 512 * 64)
+    assert s.n_body == sum(p.numel() for p in m.model.layers.parameters() if p.dim() == 2)
+    assert s.n_total == sum(p.numel() for p in m.parameters())  # tied head counted once
+    B, L, r = 3, 12, 5  # equal lengths: no padding; the last r positions scored
+    ids = torch.randint(10, 500, (B, L), generator=torch.Generator().manual_seed(0))
+
+    def train_step():
+        m(input_ids=ids, logits_to_keep=r).logits.float().logsumexp(-1).sum().backward()
+
+    with torch.no_grad():
+        infer = flops.counted_flops(lambda: m(input_ids=ids, logits_to_keep=r))
+    assert infer == flops.model_flops(s, [L] * B, B * r, train=False, causal=False)
+    assert flops.counted_flops(train_step) == flops.model_flops(s, [L] * B, B * r, train=True, causal=False)
+    # the reported definition counts the causal half of attention and real tokens only
+    causal = flops.model_flops(s, [3, 5], 4, train=True)
+    assert causal == 6 * (s.n_body * 8 + 512 * 64 * 4 + 2 * 64 * (9 + 25))
+    assert flops.model_flops(s, [3, 5], 4, train=False) == causal // 3
+    assert flops.decode_weight_bytes(s, torch.bfloat16) == 2 * (s.n_body + 512 * 64)
+    assert model_bytes(torch.nn.Linear(4, 4, bias=False)) == 64
 
 
-def test_rows_merge_by_key_and_round_trip(tmp_path):
+def test_rows_merge_by_key_and_provenance_keeps_earlier_stage_runs(tmp_path):
     csv_path, prov = tmp_path / "perf.csv", tmp_path / "perf.provenance.json"
     old = [{"case": "cpu-x", "device": "cpu", "stage": "train", "implementation": "ddpo", "tokens_per_s": 1.0},
-           {"case": "cpu-x", "device": "cpu", "stage": "train", "implementation": "sft", "tokens_per_s": 2.0}]
-    bench.merge_into(csv_path, prov, old, {"cpu-x": {"a": 1}})
+           {"case": "cpu-x", "device": "cpu", "stage": "score", "implementation": "seq", "tokens_per_s": 2.0}]
+    rows.merge_into(csv_path, prov, old, {"cpu-x": {"utc": "t1", "stage_runs": {"train": "t1", "score": "t1"}}})
     new = [{"case": "cpu-x", "device": "cpu", "stage": "train", "implementation": "ddpo", "tokens_per_s": 3.5},
            {"case": "gpu-y", "device": "cuda", "stage": "train", "implementation": "ddpo", "tokens_per_s": 9.0}]
-    bench.merge_into(csv_path, prov, new, {"gpu-y": {"b": 2}})
-    rows = bench.read_csv(csv_path)
-    got = {(r["case"], r["implementation"]): r["tokens_per_s"] for r in rows}
-    assert got == {("cpu-x", "sft"): "2", ("cpu-x", "ddpo"): "3.5", ("gpu-y", "ddpo"): "9"}
-    assert list(rows[0]) == bench.COLUMNS
-    assert set(__import__("json").loads(prov.read_text())) == {"cpu-x", "gpu-y"}
+    rows.merge_into(csv_path, prov, new, {"cpu-x": {"utc": "t2", "stage_runs": {"train": "t2"}}, "gpu-y": {}})
+    got = {(r["case"], r["implementation"]): r["tokens_per_s"] for r in rows.read_csv(csv_path)}
+    assert got == {("cpu-x", "seq"): "2", ("cpu-x", "ddpo"): "3.5", ("gpu-y", "ddpo"): "9"}
+    assert list(rows.read_csv(csv_path)[0]) == rows.COLUMNS
+    p = json.loads(prov.read_text())
+    assert set(p) == {"cpu-x", "gpu-y"}
+    assert p["cpu-x"]["utc"] == "t2" and p["cpu-x"]["stage_runs"] == {"train": "t2", "score": "t1"}
+    # an entry written before stage_runs existed stands for every stage the new run did not redo
+    legacy = rows.merge_provenance({"c": {"utc": "t0"}}, {"c": {"utc": "t1", "stage_runs": {"train": "t1"}}})
+    assert legacy["c"]["stage_runs"]["train"] == "t1"
+    assert {s: r["utc"] for s, r in legacy["c"]["stage_runs"].items() if s != "train"} == dict.fromkeys(
+        set(rows.STAGES) - {"train"}, "t0")
 
 
 def test_trl_layouts_keep_our_tokens():
     exs = _pairs()
-    rows = bench.trl_preference_rows(exs)
-    for e, r in zip(exs, rows):
+    for e, r in zip(exs, trl_adapters.preference_rows(exs)):
         assert r["prompt_ids"] + r["chosen_ids"] == e["chosen"]["input_ids"]
         assert r["prompt_ids"] + r["rejected_ids"] == e["rejected"]["input_ids"]
         assert len(r["chosen_ids"]) == sum(e["chosen"]["response_mask"])
-    b = bench.trl_distill_batch(exs, pad_id=3)
+        assert (r["ref_chosen_logps"], r["ref_rejected_logps"]) == (e["ref_chosen"], e["ref_rejected"])
+    b = trl_adapters.completion_batch(exs, pad_id=3)
     for i, e in enumerate(exs):
-        p, c = bench.split_prompt(e["chosen"])
-        assert b["prompt_ids"][i][b["prompt_mask"][i].bool()].tolist() == p  # left-padded prompt
-        assert b["prompt_mask"][i][-1] == 1
-        assert b["completion_ids"][i][b["completion_mask"][i].bool()].tolist() == c  # right-padded answer
+        real = b["attention_mask"][i].bool()
+        assert b["input_ids"][i][real].tolist() == e["chosen"]["input_ids"]
+        assert b["labels"][i][b["labels"][i] != -100].tolist() == trl_adapters.split_prompt(e["chosen"])[1]
     bad = [dict(exs[0], rejected={"input_ids": [1] + exs[0]["rejected"]["input_ids"],
                                   "response_mask": [0] + exs[0]["rejected"]["response_mask"]})]
     with pytest.raises(ValueError, match="prompts differ"):
-        bench.trl_preference_rows(bad)
+        trl_adapters.preference_rows(bad)
 
 
-def test_peak_memory_sees_a_cpu_allocation():
-    with bench.PeakMemory(torch.device("cpu")) as pm:
-        x = torch.ones(64 * 2 ** 20 // 4)
-        x += 1
-        import time
-        time.sleep(0.02)
-    assert pm.added_mb > 40
-    assert bench.model_bytes(torch.nn.Linear(4, 4, bias=False)) == 64
-
-
-def test_ddpo_loss_matches_trl_dpo(tok, tiny_model, tmp_path):
-    pytest.importorskip("trl")
+def test_ddpo_loss_matches_trl_dpo_and_a_trl_step_learns(tok, tiny_model, tmp_path):
     exs = _pairs(vocab=len(tok))
     dev = torch.device("cpu")
-    tr = bench.make_trainer(tiny_model, tok, "ddpo", len(exs), dev, tmp_path)
+    tr = train.make_trainer(tiny_model, tok, "ddpo", len(exs), dev, tmp_path)
     with torch.no_grad():
         ours = float(tr.loss_sum(exs)[0]) / len(exs)
-    trl_tr = bench.make_trl_dpo(tiny_model, tok, dev, tmp_path)
-    theirs = bench.trl_dpo_loss(trl_tr, tiny_model, bench.trl_preference_rows(exs), dev)
+    trl = trl_adapters.TrlDPO(tiny_model, tok, dev, tmp_path, train.BETA, lr=1e-3)
+    theirs = trl.loss(exs)
     assert abs(ours - math.log(2)) > 1e-3  # margins are not 0
     assert ours == pytest.approx(theirs, abs=1e-5)
-    # one TRL step runs and leaves the weights (lr 1e-9) where they were
-    opt = torch.optim.AdamW(tiny_model.parameters(), lr=bench.LR)
-    loss = bench.trl_dpo_step(trl_tr, tiny_model, bench.trl_preference_rows(exs), opt, dev)
-    assert loss == pytest.approx(theirs, abs=1e-5)
-    bench._TRL_DPO.clear()
+    first = trl.step(exs)  # its loss on the batch, before the update
+    assert first == pytest.approx(theirs, abs=1e-5)
+    trl.step(exs)
+    assert trl.loss(exs) < theirs - 1e-3  # the step updated the weights the loss is computed from
 
 
-def test_kd_full_matches_trl_and_topk_error_shrinks(tok):
+def test_kd_full_matches_trl_and_topk_error_shrinks(tok, tmp_path):
     from dadpo.testing import tiny_llama
 
-    pytest.importorskip("trl")
     teacher, student = tiny_llama(tok, seed=0), tiny_llama(tok, seed=1, layers=3)
     exs = _pairs(vocab=len(tok))
     V = len(tok)
-    full, trl, res, n = bench.kd_full_and_trl(student, teacher, exs, tok.pad_token_id, torch.device("cpu"),
-                                              ks=(4, 64, V))
+    full, trl, res, n = kd_full_and_trl(student, teacher, exs, tok.pad_token_id, torch.device("cpu"), ks=(4, 64, V))
     assert n == sum(sum(e["chosen"]["response_mask"]) for e in exs)
     assert full > 0 and trl == pytest.approx(full, rel=1e-5)
     errs = {k: abs(v[0] - full) / full for k, v in res.items()}
     assert errs[V] < 5e-3 and errs[4] > errs[64]  # k = V: only the cache's fp16 rounding is left
     assert abs(res[V][2] - full) / full < 1e-5  # ... and with fp32 log-probs nothing
     assert {k: v[1] for k, v in res.items()} == {k: 6 * k + 4 for k in (4, 64, V)}
-    # the step function of TRL's KD path runs on the same examples
-    opt = torch.optim.AdamW(student.parameters(), lr=bench.LR)
-    assert bench.trl_kd_step(student, teacher, exs, tok.pad_token_id, opt, torch.device("cpu"), V) > 0
+    kd = trl_adapters.TrlKD(student, teacher, tok, torch.device("cpu"), tmp_path, lr=1e-3)
+    before = kd.step(exs)
+    assert before > 0 and kd.loss(exs) < before  # TRL's KD step runs and moves the student to the teacher
+
+
+def test_train_stage_rows_for_every_implementation(tok, tmp_path, one_thread):
+    from dadpo.testing import attach_scores, attach_topk, tiny_llama
+
+    teacher, student = tiny_llama(tok, seed=0), tiny_llama(tok, seed=1, layers=2)
+    exs = cases.synthetic_pairs(4, len(tok), 0, prompt=(3, 6), chosen=(4, 9), rejected=(2, 9), max_len=20)
+    attach_scores(exs, student, tok.pad_token_id, "ref")
+    attach_scores(exs, teacher, tok.pad_token_id, "te")
+    attach_topk(exs, teacher, tok.pad_token_id, 8)
+    sink = rows.Sink("tiny-test", torch.device("cpu"), "cpu", "", peak_tflops=1.0, bw_gbs=1.0)
+    got = train.bench_train(sink, student, tok, exs, batch=2, warmup=1, rounds=2, workdir=tmp_path, teacher=teacher)
+    assert set(got) == {"sft", "ddpo", "dadpo", "kd", "trl_dpo", "trl_kd"}, [r.get("notes") for r in sink.rows]
+    for name in got:
+        assert len(got[name]["round_s"]) == 2 and all(t > 0 for t in got[name]["round_s"])
+        r = sink.find("train", name)
+        assert r["tokens_per_s"] > 0 and r["peak_mem_mb"] > 0 and math.isfinite(r["loss"])
+        assert "2 timed steps" in r["notes"]
+    assert sink.find("train", "ddpo")["ratio_of"].startswith("tokens/s over trl_dpo")
+    assert sink.find("train", "kd")["ratio"] > 0
+    assert sink.find("train", "dadpo_over_ddpo")["ratio"] > 0
+    ddpo_pairs = sum(len(e[a]["input_ids"]) for e in exs for a in ("chosen", "rejected")) / 2
+    assert sink.find("train", "ddpo")["tokens_per_step"] == round(ddpo_pairs)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--case", "tiny", "--stages", "train,bogus"], "unknown bogus"),
+    (["--case", "tiny", "--pairs", "2", "--batch", "3"], "more than --pairs"),
+    (["--case", "profile", "--sections", "AZ"], "--sections"),
+])
+def test_cli_rejects_bad_options(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_args(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cli_fills_case_defaults():
+    args = parse_args(["--case", "cpu", "--stages", "train"])
+    assert args.stages == ["train"] and (args.pairs, args.batch, args.steps) == (8, 1, 6)
