@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from dadpo.cache import Cache, read_json, stable_hash, write_json
-from dadpo.shapes import MARKER, build_random, is_random
 
 LOADS: Counter = Counter()  # models loaded in this process, by class name
+MARKER = "random_init.json"  # a random model's folder (dadpo.shapes): config, tokenizer, seed, no weights
 
 
 def device() -> torch.device:
@@ -61,6 +61,25 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
     if tok.pad_token is None:  # causal LMs often ship without one; padding is always masked
         tok.pad_token = tok.eos_token
     return tok
+
+
+def is_random(folder: str | Path) -> bool:
+    return (Path(folder) / MARKER).is_file()
+
+def build_random(cls, folder: str | Path, dtype, device):
+    """A model of `cls` from the folder's config with seeded random weights, built on `device`."""
+    import torch
+    from transformers import AutoConfig
+
+    seed = json.loads((Path(folder) / MARKER).read_text(encoding="utf-8"))["seed"]
+    config = AutoConfig.from_pretrained(str(folder))
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = cls.from_config(config, dtype=dtype)
+    from transformers import GenerationConfig
+
+    model.generation_config = GenerationConfig.from_pretrained(str(folder))
+    return model
 
 
 def load_pretrained(cls, spec: str, trust_remote_code: bool = False, device: torch.device | None = None, **kwargs):

@@ -9,7 +9,7 @@ time and memory are the worst case. Quality numbers of such a run mean nothing; 
 
 A random model is a folder holding config.json, generation_config.json, the tokenizer and
 `random_init.json` (the seed) but no weights: `dadpo.modeling.load_pretrained` builds the weights on
-the target device from the seed, the same every time.
+the target device from the seed (`MARKER`), the same every time.
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import json
 from pathlib import Path
 
 from dadpo.cache import Cache, atomic_dir
+from dadpo.modeling import MARKER, load_tokenizer
 
 ARCH_DIR = Path(__file__).resolve().parent.parent / "reproduce" / "configs" / "arch"
-MARKER = "random_init.json"
 
 
 def arch_names() -> list[str]:
@@ -48,8 +48,6 @@ def arch_file(spec: str) -> Path:
 
 def random_model_folder(spec: str, cache: Cache, seed: int = 0) -> str:
     """The folder of a random model with the architecture of `spec` (made once, in the cache)."""
-    from dadpo.modeling import load_tokenizer
-
     path = arch_file(spec)
     arch = json.loads(path.read_text(encoding="utf-8"))
     meta = arch.pop("dadpo")
@@ -66,23 +64,3 @@ def random_model_folder(spec: str, cache: Cache, seed: int = 0) -> str:
                 tok.save_pretrained(tmp)
                 (tmp / MARKER).write_text(json.dumps({"seed": seed, "arch": path.stem}), encoding="utf-8")
     return str(folder)
-
-
-def is_random(folder: str | Path) -> bool:
-    return (Path(folder) / MARKER).is_file()
-
-
-def build_random(cls, folder: str | Path, dtype, device):
-    """A model of `cls` from the folder's config with seeded random weights, built on `device`."""
-    import torch
-    from transformers import AutoConfig
-
-    seed = json.loads((Path(folder) / MARKER).read_text(encoding="utf-8"))["seed"]
-    config = AutoConfig.from_pretrained(str(folder))
-    torch.manual_seed(seed)
-    with torch.device(device):
-        model = cls.from_config(config, dtype=dtype)
-    from transformers import GenerationConfig
-
-    model.generation_config = GenerationConfig.from_pretrained(str(folder))
-    return model
