@@ -138,7 +138,8 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     datasets.disable_progress_bars()
-    warnings.showwarning = lambda message, category, *_, **__: print(f"warning: {message}", file=sys.stderr)
+    # formatwarning, not showwarning: a replaced showwarning would bypass catch_warnings(record=True)
+    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
 
 
 def run(cfg, out: Path, cache: Cache) -> int:

@@ -195,7 +195,7 @@ def test_asset_error_is_one_line_even_from_pip(tiny, tmp_path, capsys, monkeypat
     ("generation.top_p=1.5", "config: generation.top_p: must be <= 1"),
     ("seed=zero", "config: seed: must be an integer, got 'zero'"),
     ("setting=table3", "config: setting: must be 'table1' or 'table2', got 'table3'"),
-    ("models.bogus=1", "config: models.bogus: unknown key (known: allow_padded_vocab, dtype, init,"),
+    ("models.bogus=1", "config: models.bogus: unknown key (known: allow_padded_vocab, chat_template, dtype, init,"),
     ("justtext", "config: override 'justtext': expected section.key=value"),
 ])
 def test_invalid_config_values(tiny, tmp_path, capsys, override, expect):

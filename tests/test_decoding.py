@@ -153,8 +153,8 @@ def test_backend_names(tok, tiny_model):
 
 
 def test_bench_generation_cpu_dry_run(tmp_path, one_thread):
-    from reproduce import bench_generation as bg
-    from reproduce.bench import read_csv
+    from reproduce.bench import decoders as bg
+    from reproduce.bench.rows import read_csv
 
     out = tmp_path / "gen.csv"
     assert bg.main(["--batches", "2", "--new", "4", "--prompt", "8", "--out", str(out)]) == 0

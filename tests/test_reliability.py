@@ -103,11 +103,13 @@ def test_two_fresh_runs_are_byte_identical(config, baseline, tmp_path):
 
 GEN_SNIPPET = """
 import json, sys
+from dadpo.cache import Cache
 from dadpo.generation import Sampling, generate
 from dadpo.modeling import load_model, load_tokenizer
 tok, model = load_tokenizer(sys.argv[1]), load_model(sys.argv[1])
 prompts = ["Tell me about %s." % w for w in ("cats", "dogs", "owls", "bees", "fish", "frogs", "wolf", "lynx")]
-print(json.dumps(generate(model, tok, prompts, Sampling(max_new_tokens=8, seed=0), "fp", batch_size=3)[0]))
+print(json.dumps(generate(model, tok, prompts, Sampling(max_new_tokens=8, seed=0), "fp",
+                          cache=Cache.default(), batch_size=3)[0]))
 """
 
 
@@ -307,7 +309,7 @@ def test_pruned_student_folder_is_verified_before_reuse(tiny, tmp_path, monkeypa
 
     calls = []
 
-    def fake_prune(base, out_dir, share, method, calib, held):
+    def fake_prune(base, out_dir, share, method, calib, held, **kw):
         calls.append(out_dir)
         shutil.rmtree(out_dir, ignore_errors=True)
         shutil.copytree(base, out_dir)

@@ -23,6 +23,8 @@ from reproduce.bench.train import bench_parity, bench_train
 from reproduce.provenance import device_facts, git_sha, relative, versions
 
 QWEN_SHAPES = {  # Qwen2.5 configs (config.json of the hub repos); random weights
+    "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
     "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
                          num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
     "qwen2.5-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,

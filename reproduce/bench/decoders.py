@@ -1,4 +1,4 @@
-"""Decoding speed of the generation backends: `python -m reproduce.bench_generation [--out CSV]`.
+"""Decoding speed of the generation backends: `python -m reproduce.bench.decoders [--out CSV]`.
 
 Random-weight Qwen2.5 shapes (0.5B, 1.5B, 7B), bf16, prompt 128 tokens, 256 new tokens, greedy,
 every answer forced to full length (Sampling.ignore_eos), batch 64 and 256, through the suite's
@@ -31,26 +31,15 @@ from pathlib import Path
 import torch
 
 from dadpo.decoding import EagerDecoder, Sampling, StaticDecoder, decoding_kernels
-from reproduce.bench import (QWEN_SHAPES, PeakMemory, copy_bandwidth_gbs, decode_weight_bytes, device_name,
-                             model_bytes, shape_of, sync, versions, versions_str, write_csv)
+from reproduce.bench.cases import QWEN_SHAPES as SHAPES
+from reproduce.bench.cases import random_model
+from reproduce.bench.flops import decode_weight_bytes, shape_of
+from reproduce.bench.measure import PeakMemory, copy_bandwidth_gbs, device_name, model_bytes, sync
+from reproduce.bench.rows import COLUMNS, versions_str, write_csv
+from reproduce.provenance import versions
 
-SHAPES = {
-    "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
-    **QWEN_SHAPES,
-}
 GPU_SHAPES = ("qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-7b")
 EOS, PAD, LOW = 2, 3, 10  # random ids are drawn from [LOW, vocab): never a stop or padding id
-
-
-def random_model(name: str, dev: torch.device, dtype: torch.dtype, seed: int = 0):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    cfg = Qwen2Config(**SHAPES[name], max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6,
-                      bos_token_id=None, eos_token_id=EOS, pad_token_id=PAD)
-    torch.manual_seed(seed)
-    with torch.device(dev):
-        return Qwen2ForCausalLM._from_config(cfg, dtype=dtype, attn_implementation="sdpa").eval()
 
 
 def _timed(fn, dev) -> tuple[float, object]:
@@ -64,7 +53,7 @@ def _timed(fn, dev) -> tuple[float, object]:
 def bench_case(name: str, B: int, dev: torch.device, dtype: torch.dtype, bw_gbs: float, prompt_len: int,
                new: int, impls, case: str, say) -> list[dict]:
     """Rows of one (shape, batch): each implementation's warm decode rate, and the compiled path's cold run."""
-    model = random_model(name, dev, dtype)
+    model = random_model(name, dev, dtype).eval()
     shape = shape_of(model)
     wbytes = decode_weight_bytes(shape, dtype)
     floor = B * bw_gbs * 1e9 / wbytes
@@ -133,7 +122,7 @@ def run(shapes=None, batches=None, impls=("eager", "static"), prompt_len=None, n
         if s not in SHAPES:
             raise ValueError(f"unknown shape {s!r}: one of {', '.join(sorted(SHAPES))}")
     bw = copy_bandwidth_gbs(dev)
-    say(f"[bench_generation] {device_name(dev)}, copy bandwidth {bw:.0f} GB/s, {dtype}, prompt {prompt_len}, "
+    say(f"[bench.decoders] {device_name(dev)}, copy bandwidth {bw:.0f} GB/s, {dtype}, prompt {prompt_len}, "
         f"{new} new tokens, batches {list(batches)}, shapes {list(shapes)}")
     case = "gpu-generation" if gpu else "cpu-generation"
     end = time.perf_counter() + budget_s
@@ -147,12 +136,12 @@ def run(shapes=None, batches=None, impls=("eager", "static"), prompt_len=None, n
                 continue
             rows += bench_case(name, B, dev, dtype, bw, prompt_len, new, impls, case, say)
             if out:
-                write_csv(Path(out), rows)
+                write_csv(Path(out), rows, COLUMNS)
     return rows
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m reproduce.bench_generation", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m reproduce.bench.decoders", description=__doc__.split("\n")[0])
     ap.add_argument("--shapes", nargs="+", help=f"default: {' '.join(GPU_SHAPES)} on GPU, tiny-student on CPU")
     ap.add_argument("--batches", nargs="+", type=int, help="default: 64 256 on GPU, 4 on CPU")
     ap.add_argument("--impls", nargs="+", default=["eager", "static"], choices=["eager", "static"])
@@ -171,7 +160,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"[bench_generation] {len(rows)} rows" + (f" -> {args.out}" if args.out else ""), flush=True)
+    print(f"[bench.decoders] {len(rows)} rows" + (f" -> {args.out}" if args.out else ""), flush=True)
     return 0
 
 
