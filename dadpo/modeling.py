@@ -76,9 +76,10 @@ def build_random(cls, folder: str | Path, dtype, device):
     torch.manual_seed(seed)
     with torch.device(device):
         model = cls.from_config(config, dtype=dtype)
-    from transformers import GenerationConfig
+    if (Path(folder) / "generation_config.json").is_file():  # an encoder (the reference judge's) has none
+        from transformers import GenerationConfig
 
-    model.generation_config = GenerationConfig.from_pretrained(str(folder))
+        model.generation_config = GenerationConfig.from_pretrained(str(folder))
     return model
 
 

@@ -284,7 +284,8 @@ class Pipeline:
         sources = {"dsft": lambda: self.dsft(seed), "teacher": lambda: self.teacher_path}
         needs = [(what, sources[SCORE_SOURCES[what]]()) for what in method.scores]
         key = {"method": method.name, "init": self.fp(init_path), "rows": stable_hash(rows, 24),
-               "train": asdict(cfg.train), "objective": method.settings, "seed": seed,
+               "train": {k: v for k, v in asdict(cfg.train).items() if k != "log_with"},  # a tracker changes no number
+               "objective": method.settings, "seed": seed,
                "needs": [(n, self.fp(p)) for n, p in needs], "score_numerics": "trainer"}
         out = self.cache.path("train", key)
         if not self._sealed(out / "model", out / "result.json"):

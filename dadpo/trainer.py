@@ -10,6 +10,11 @@ family) in the whole global batch, counted before the step; so 1 x 4 accumulatio
 processes with half the accumulation all give the same update. The data order is a seeded
 permutation per epoch, so a resumed run sees the same batches as an uninterrupted one.
 
+Progress: a bar per run (step, loss, tokens/s, ETA) on the main process; every step's record goes to
+`log.jsonl` and, with `train.log_with`, to accelerate's tracker (TensorBoard under `<out_dir>/trackers`,
+or Weights & Biases). On a GPU (bf16 mixed precision) the trained model is saved in bf16: half the
+disk, and the weights inference loads anyway.
+
 Checkpoints hold no executable pickle: weights as safetensors, optimizer and RNG state through
 accelerate (loaded with torch's weights_only unpickler), the step and the scheduler as JSON.
 """
@@ -26,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from dadpo.cache import atomic_dir, atomic_write_text
 from dadpo.chat import pad_batch
@@ -33,6 +39,25 @@ from dadpo.config import TrainConfig
 from dadpo.memory import PeakMemory
 from dadpo.methods import Method, PolicyOutputs
 from dadpo.scoring import ResponseScorer
+
+
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
+
+
+def check_tracker(name: str) -> None:
+    """Raise ValueError (one line) when the tracker `train.log_with` names is not installed."""
+    import importlib.util
+
+    if name != "none" and not any(importlib.util.find_spec(m) for m in TRACKER_PACKAGES[name]):
+        raise ValueError(f"train.log_with={name} needs the {TRACKER_PACKAGES[name][0]} package "
+                         f"(pip install {TRACKER_PACKAGES[name][0]})")
+
+
+def tracker_config(cfg: TrainConfig, method: Method) -> dict:
+    """The run's settings as the flat scalars trackers accept."""
+    flat = {f"train.{k}": v for k, v in vars(cfg).items()}
+    flat.update({f"objective.{k}": v for k, v in method.settings.items()})
+    return {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in flat.items()}
 
 
 class CheckpointError(RuntimeError):
@@ -92,7 +117,10 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if mixed_precision is None:
             mixed_precision = "bf16" if torch.cuda.is_available() else "no"
-        self.acc = Accelerator(mixed_precision=mixed_precision, cpu=bool(cpu))
+        check_tracker(train_cfg.log_with)
+        tracking = {} if train_cfg.log_with == "none" else {"log_with": train_cfg.log_with,
+                                                             "project_dir": str(self.out_dir / "trackers")}
+        self.acc = Accelerator(mixed_precision=mixed_precision, cpu=bool(cpu), **tracking)
         n = self.acc.num_processes
         per_step = train_cfg.per_device_batch * n
         if train_cfg.global_batch % per_step:
@@ -213,6 +241,11 @@ class Trainer:
             atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in log))
         stop = total if max_steps is None else min(total, max_steps)
         t0, tokens, last_loss = time.perf_counter(), 0, float("nan")
+        tracking = cfg.log_with != "none"
+        if tracking:
+            acc.init_trackers(self.method.name, config=tracker_config(cfg, self.method))
+        bar = tqdm(total=stop, initial=start, desc=f"train {self.method.name}", unit="step", leave=False,
+                   dynamic_ncols=True, disable=not acc.is_main_process)
         self.scorer.train()
         with PeakMemory(acc.device) as peak:
             for step in range(start, stop):
@@ -221,15 +254,23 @@ class Trainer:
                 stats = self.step([examples[i] for i in idx])
                 tokens += stats["tokens"]
                 last_loss = stats["loss"]
+                elapsed = time.perf_counter() - t0
+                bar.set_postfix(loss=f"{last_loss:.4g}", tok_s=f"{tokens / max(elapsed, 1e-9):.0f}", refresh=False)
+                bar.update()
                 if acc.is_main_process:
                     rec = {"step": step + 1, "epoch": round((step + 1) / steps_per_epoch, 4),
-                           "lr": self.scheduler.get_last_lr()[0], "elapsed_s": round(time.perf_counter() - t0, 3),
-                           **stats}
+                           "lr": self.scheduler.get_last_lr()[0], "elapsed_s": round(elapsed, 3), **stats}
                     log.append(rec)
                     with open(log_path, "a", encoding="utf-8") as f:  # live progress; the result keeps the log
                         f.write(json.dumps(rec) + "\n")
+                if tracking:
+                    acc.log({k: v for k, v in stats.items() if isinstance(v, (int, float))}
+                            | {"lr": self.scheduler.get_last_lr()[0]}, step=step + 1)
                 if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < stop:
                     self._save_checkpoint(step + 1)
+        bar.close()
+        if tracking:
+            acc.end_training()
         seconds = time.perf_counter() - t0
         if stop < total:  # interrupted on purpose (max_steps): keep a resumable checkpoint
             self._save_checkpoint(stop)
@@ -277,6 +318,8 @@ class Trainer:
         model = self.acc.unwrap_model(self.scorer).model
         if hasattr(model, "merge_and_unload"):
             model = model.merge_and_unload()
+        if self.acc.mixed_precision == "bf16":  # training is over: the bf16 copy is what inference loads
+            model = model.to(torch.bfloat16)
         if self.acc.is_main_process:
             with atomic_dir(folder) as tmp:
                 model.save_pretrained(tmp, safe_serialization=True)

@@ -51,11 +51,21 @@ def earlier_provenance(prov_path: Path, cfg) -> dict:
 
 
 def keep_earlier(prev: dict, timings: dict, facts: dict) -> tuple[dict, dict]:
-    """Stages a re-run finds cached do not run, so they report no seconds and no generation facts:
-    keep what the run that computed them recorded. Returns (stage_seconds_last_ran, facts)."""
+    """Stages a re-run finds cached do not run, so they report no seconds, memory or generation facts:
+    keep what the run that computed them recorded (a run split over several processes, e.g. one
+    killed at a time limit and started again, so reports every stage). Returns
+    (stage_seconds_last_ran, facts); facts["stages_measured_earlier"] names the stages kept."""
     seconds = {**prev.get("stage_seconds_last_ran", prev.get("stage_seconds", {})), **timings}
-    gen = {**prev.get("facts", {}).get("generation", {}), **facts.get("generation", {})}
-    return seconds, {**facts, "generation": gen} if gen else facts
+    earlier = prev.get("facts", {})
+    out = dict(facts)
+    for key in ("generation", "stages", "training"):
+        merged = {**earlier.get(key, {}), **facts.get(key, {})}
+        if merged:
+            out[key] = merged
+    kept = sorted(set(earlier.get("stages", {})) - set(facts.get("stages", {})))
+    if kept:
+        out["stages_measured_earlier"] = kept
+    return seconds, out
 
 
 def check_writable(out: Path) -> None:
@@ -144,6 +154,7 @@ def quiet_libraries() -> None:
 
 def run(cfg, out: Path, cache: Cache) -> int:
     from dadpo.pipeline import Pipeline
+    from dadpo.trainer import check_tracker
 
     t0 = time.time()
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -151,6 +162,7 @@ def run(cfg, out: Path, cache: Cache) -> int:
     # judges are built before any work: a judge that cannot run fails the run in seconds, not hours
     verdicts = VerdictCache(cache.root / "judges" / "verdicts.sqlite")
     judges = [make_judge(j, cfg.eval, cache=verdicts) for j in cfg.eval.judges]
+    check_tracker(cfg.train.log_with)
     pipe = Pipeline(cfg, cache)
     names = {t.name: t for t in plan(cfg)}
     pipe.expected_stages = expected_stages(cfg, names)

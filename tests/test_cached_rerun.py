@@ -33,3 +33,22 @@ def test_cached_rerun_loads_no_model_and_writes_the_same_results(tiny, tmp_path,
     for name in ("table1_custom.csv", "table1_custom_training.csv"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert (tmp_path / "b" / "runs" / "table1_custom" / "records.jsonl").is_file()
+
+
+def test_a_run_split_over_processes_reports_every_stage():
+    """A run killed at a time limit and started again reuses the cached stages; its provenance keeps
+    the earlier process's measurements of those stages and says which they are."""
+    from reproduce.run import keep_earlier
+
+    prev = {"stage_seconds_last_ran": {"prune": 9.0, "train:sft": 4.0},
+            "facts": {"stages": {"prune": {"seconds": 9.0, "peak_memory_mb": 10.0},
+                                 "train:sft": {"seconds": 4.0, "peak_memory_mb": 5.0}},
+                      "training": {"sft": {"steps": 2}}, "generation": {"teacher/train": {"new_tokens": 8}}}}
+    now = {"stages": {"train:sft": {"seconds": 3.0, "peak_memory_mb": 6.0}}, "training": {"kd": {"steps": 1}}}
+    seconds, facts = keep_earlier(prev, {"train:sft": 3.0}, now)
+    assert seconds == {"prune": 9.0, "train:sft": 3.0}
+    assert facts["stages"] == {"prune": {"seconds": 9.0, "peak_memory_mb": 10.0},
+                               "train:sft": {"seconds": 3.0, "peak_memory_mb": 6.0}}
+    assert facts["training"] == {"sft": {"steps": 2}, "kd": {"steps": 1}}
+    assert facts["generation"] == {"teacher/train": {"new_tokens": 8}}
+    assert facts["stages_measured_earlier"] == ["prune"]

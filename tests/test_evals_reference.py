@@ -71,3 +71,21 @@ def test_prefers_the_answer_closer_to_the_reference(bert_dir, tmp_path):
 def test_no_reference_is_a_failure_not_a_verdict(bert_dir):
     v = ReferenceJudge(str(bert_dir)).judge([JudgeItem("q", "a", "b", None), JudgeItem("q", "a", "b", "  ")])
     assert all(x.failed and x.reason == "no reference" for x in v)
+
+
+def test_a_random_init_folder_serves_shape_runs(bert_dir, tmp_path):
+    """A shape run's embedder: config and tokenizer, a seed marker and no weights (nothing to carry).
+    It embeds like the weighted encoder of the same seed-built weights: deterministic, unit norm."""
+    import json
+    import shutil
+
+    from dadpo.modeling import MARKER
+
+    folder = tmp_path / "random_bert"
+    shutil.copytree(bert_dir, folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    (folder / MARKER).write_text(json.dumps({"seed": 3}))
+    a, _ = ReferenceJudge(str(folder), device="cpu").embed(["Paris is blue.", "The sea is wide."])
+    b, _ = ReferenceJudge(str(folder), device="cpu").embed(["Paris is blue.", "The sea is wide."])
+    weighted, _ = ReferenceJudge(str(bert_dir), device="cpu").embed(["Paris is blue.", "The sea is wide."])
+    assert torch.equal(a, b) and torch.allclose(a.norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert not torch.allclose(a, weighted)  # built from the seed, not read from a file
