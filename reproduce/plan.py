@@ -56,6 +56,23 @@ def work(stage: str, cfg) -> float:
     return 1  # pruning: one-off
 
 
+# a method a shape run left out (disk or time) is costed as one that makes the same passes per
+# example: dDPO and daDPO both run the policy on chosen and rejected (daDPO's teacher scores are
+# precomputed); KD is SFT's pass with a top-k loss
+STAND_INS = {"ddpo": "dadpo", "dadpo": "ddpo", "kd": "sft", "sft": "kd"}
+
+
+def with_stand_ins(stages: dict, methods: list[str]) -> dict:
+    """`stages` plus, for each paper method the run did not train, its stand-in's stages under its name."""
+    out = dict(stages)
+    for m in methods:
+        for pattern in ("train:{}", "generate:{}/eval"):
+            name, sub = pattern.format(m), pattern.format(STAND_INS.get(m, ""))
+            if name not in out and sub in stages:
+                out[name] = {**stages[sub], "stand_in": sub}
+    return out
+
+
 def train_state_gb(params: float) -> float:
     """fp32 weights + fp32 gradients + AdamW's two moments, GB."""
     return params * 16 / 1e9
@@ -63,23 +80,24 @@ def train_state_gb(params: float) -> float:
 
 def project(prov: dict, paper) -> list[dict]:
     run = config_from_dict(prov["config"])
-    stages = prov["facts"].get("stages", {})
+    stages = with_stand_ins(prov["facts"].get("stages", {}), paper.methods)
     training = prov["facts"].get("training", {})
     rows = []
     for stage, st in stages.items():
         if stage in ("assets", "data"):
             continue
-        done, todo = work(stage, run), work(stage, paper)
+        measured = st.get("stand_in", stage)
+        done, todo = work(measured, run), work(stage, paper)
         factor = todo / done if done else 1.0
         hours = st["seconds"] * factor / 3600
         peak = st["peak_memory_mb"] / 1024
         par = 8 * TRAINING_EFFICIENCY_8 if stage.startswith("train:") else (1 if stage == "prune" else 8)
         peak8 = peak
-        res = training.get(stage.split(":", 1)[1], {}) if stage.startswith("train:") else {}
-        note = ""
+        res = training.get(measured.split(":", 1)[1], {}) if stage.startswith("train:") else {}
+        note = f"not run: costed as {measured} (same passes per example); " if measured != stage else ""
         if res.get("params"):  # FSDP full sharding: 1/8 of the training state per GPU
             peak8 = peak - train_state_gb(res["params"]) * 7 / 8
-            note = "8 GPUs: FSDP full shard, state / 8"
+            note += "8 GPUs: FSDP full shard, state / 8"
         rows.append({"stage": stage, "run_seconds": st["seconds"], "run_items": done, "paper_items": todo,
                      "tokens_per_s": round(st["tokens"] / st["seconds"], 1) if st.get("tokens") else None,
                      "hours_1gpu": hours, "hours_8gpu": hours / par, "peak_memory_gb_1gpu": peak,
