@@ -233,12 +233,27 @@ class StaticDecoder:
                          **{self.cache_kw: cache}, **extra)
         return pick(out.logits[:, -1, :].float(), temperature, top_p, noise)
 
+    def _last_logits(self, ids, pos, mask, cache):
+        out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=True, **{self.cache_kw: cache})
+        return out.logits[:, -1, :].float()
+
     def _step_for(self, temperature: float, top_p: float):
         if (temperature, top_p) not in self.steps:
-            def step(ids, pos, mask, cache, noise):
-                return self._forward_pick(ids, pos, mask, cache, noise, temperature, top_p)
+            if self.compiled and temperature > 0 and top_p < 1:
+                # inductor cannot fuse the nucleus's vocabulary-long cumsum with the sampling argmax
+                # ("NYI TritonSplitDimKernel reductions" on CUDA): the graph ends at the logits and the
+                # pick (a few kernels, ~1% of a step) runs eagerly on the graph's output buffer
+                forward = torch.compile(self._last_logits, **self.compile_kw)
 
-            self.steps[temperature, top_p] = torch.compile(step, **self.compile_kw) if self.compiled else step
+                def step(ids, pos, mask, cache, noise):
+                    return pick(forward(ids, pos, mask, cache), temperature, top_p, noise)
+
+                self.steps[temperature, top_p] = step
+            else:
+                def step(ids, pos, mask, cache, noise):
+                    return self._forward_pick(ids, pos, mask, cache, noise, temperature, top_p)
+
+                self.steps[temperature, top_p] = torch.compile(step, **self.compile_kw) if self.compiled else step
         return self.steps[temperature, top_p]
 
     def __call__(self, prompt_ids, sampling: Sampling, stop_ids, seed: int) -> list[list[int]]:

@@ -209,7 +209,9 @@ def run(cfg, out: Path, cache: Cache) -> int:
         "stage_seconds": pipe.timings, "stage_seconds_last_ran": seconds, "facts": facts,
         "judges": {run.judge: run.identity for run in runs},
         "models": {k: pipe.fp(v) for k, v in models.items()},
-        "assets": {spec: asset_facts(spec) for spec in dict.fromkeys([cfg.models.teacher, cfg.models.student])},
+        # a shape run loads no weights of these specs (its models are in "models"): nothing to resolve
+        "assets": {} if pipe.shape_run else {spec: asset_facts(spec)
+                                             for spec in dict.fromkeys([cfg.models.teacher, cfg.models.student])},
         "shape_run": pipe.shape_run,
         "reconstructed": "daDPO objective and several settings are reconstructions (docs/method.md#reconstructions); "
                          "offline judges are proxies; default models are small stand-ins"

@@ -58,6 +58,18 @@ def test_compiled_step_traces_as_one_graph_and_keeps_answers(tok, chaotic, one_t
     assert out == ref and st["compiled_shapes"] == 1 and st["compile_s"] > 0 and dec.compiled
 
 
+def test_compiled_sampling_step_keeps_answers(tok, chaotic, one_thread):
+    """Sampled decoding compiles the forward only (the nucleus pick runs eagerly after it): the same
+    seeded answers as the uncompiled step, without falling back."""
+    s = Sampling(temperature=1.0, top_p=0.9, max_new_tokens=12, seed=3)
+    ref, _ = _answers(chaotic, tok, s, StaticDecoder(chaotic, tok.pad_token_id, compile=False), 9, fp="plain")
+    dec = StaticDecoder(chaotic, tok.pad_token_id, compile=True, compile_backend="eager")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        out, st = _answers(chaotic, tok, s, dec, 9, fp="compiled")
+    assert out == ref and st["compiled_shapes"] == 1 and dec.compiled
+
+
 @pytest.mark.parametrize("backend", ["eager", "static"])
 def test_sampled_answers_are_seeded(tok, chaotic, backend, one_thread):
     s = Sampling(temperature=1.0, top_p=0.9, max_new_tokens=10, seed=5)
