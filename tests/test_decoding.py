@@ -2,6 +2,8 @@
 contract with a backend, and the benchmark's CPU dry run."""
 import warnings
 
+import json
+
 import pytest
 import torch
 
@@ -174,6 +176,8 @@ def test_bench_generation_cpu_dry_run(tmp_path, one_thread):
     got = {(r["implementation"], r["notes"].split(":")[0]) for r in rows}
     assert got == {("eager", "warm"), ("static", "warm")}  # uncompiled on CPU: no cold row to speak of
     assert all(float(r["tokens_per_s"]) > 0 and float(r["bw_share"]) > 0 for r in rows)
+    prov = json.loads(out.with_suffix(".provenance.json").read_text())
+    assert prov["cpu-generation"]["settings"]["new_tokens"] == 4 and prov["cpu-generation"]["git_sha"]
     assert bg.main(["--shapes", "nope"]) == 2
 
 

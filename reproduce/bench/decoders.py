@@ -22,6 +22,7 @@ skipped, every shape's batch 64 first. Split longer runs with --shapes / --batch
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -36,7 +37,8 @@ from reproduce.bench.cases import random_model
 from reproduce.bench.flops import decode_weight_bytes, shape_of
 from reproduce.bench.measure import PeakMemory, copy_bandwidth_gbs, device_name, model_bytes, sync
 from reproduce.bench.rows import COLUMNS, versions_str, write_csv
-from reproduce.provenance import versions
+from dadpo.cache import atomic_write_text
+from reproduce.provenance import device_facts, git_sha, versions
 
 GPU_SHAPES = ("qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-7b")
 EOS, PAD, LOW = 2, 3, 10  # random ids are drawn from [LOW, vocab): never a stop or padding id
@@ -82,7 +84,7 @@ def bench_case(name: str, B: int, dev: torch.device, dtype: torch.dtype, bw_gbs:
         label = f"{impl} (compiled)" if getattr(dec, "compiled", False) else impl  # a failed compile falls back
         if cold:
             tps = B * new / t_cold
-            rows.append(dict(row, implementation=impl, tokens_per_s=tps, step_ms=1e3 * t_cold / new,
+            rows.append(dict(row, implementation=f"{impl}:cold", tokens_per_s=tps, step_ms=1e3 * t_cold / new,
                              bw_share=tps / floor, peak_mem_mb=mem,
                              notes=f"cold: first call, compiling and capturing {compile_s:.1f} s of it; end-to-end "
                                    f"{B * new} tokens in {t_cold:.1f} s incl. a {prompt_len}-token prefill; "
@@ -137,7 +139,18 @@ def run(shapes=None, batches=None, impls=("eager", "static"), prompt_len=None, n
             rows += bench_case(name, B, dev, dtype, bw, prompt_len, new, impls, case, say)
             if out:
                 write_csv(Path(out), rows, COLUMNS)
+                write_provenance(Path(out), case, dict(copy_bandwidth_gbs=round(bw, 1), dtype=str(dtype),
+                                                       prompt_tokens=prompt_len, new_tokens=new, batches=list(batches),
+                                                       shapes=list(shapes), budget_s=budget_s))
     return rows
+
+
+def write_provenance(csv_path: Path, case: str, settings: dict) -> None:
+    """`<csv stem>.provenance.json` in the benchmark's per-case format (python -m reproduce.bench --merge)."""
+    facts = {"utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "git_sha": git_sha(),
+             "device": device_facts(), "versions": versions(), "settings": settings,
+             "command": "python -m reproduce.bench.decoders " + " ".join(sys.argv[1:])}
+    atomic_write_text(csv_path.with_suffix(".provenance.json"), json.dumps({case: facts}, indent=2, default=str) + "\n")
 
 
 def main(argv=None) -> int:

@@ -16,7 +16,7 @@ COLUMNS = ["case", "device", "stage", "implementation", "device_name", "model", 
            "seq_len_max", "tokens_per_step", "step_ms", "tokens_per_s", "peak_mem_mb", "tflops", "mfu",
            "bw_share", "ratio", "ratio_of", "loss", "parity_abs_diff", "k", "bytes_per_token", "kd_rel_err",
            "versions", "notes"]
-KEY = ("case", "device", "stage", "implementation")
+KEY = ("case", "device", "stage", "implementation", "model", "batch")
 STAGES = ("score", "kd_topk", "parity", "train", "generate")
 
 
@@ -58,7 +58,7 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
-    """Old rows whose key (case, device, stage, implementation) reappears are replaced in place by the
+    """Old rows whose key (case, device, stage, implementation, model, batch) reappears are replaced in place by the
     new ones; new keys are appended."""
     key = lambda r: tuple(str(r.get(k, "")) for k in KEY)  # noqa: E731
     fresh = {key(r): r for r in new}
