@@ -1,4 +1,4 @@
-"""Bad input (issue 7, item 4): each case ends `python -m reproduce.table1` with a one-line error, a
+"""Bad input: each case ends `python -m reproduce.table1` with a one-line error, a
 non-zero exit and nothing written in --out; over-long prompts are cut with a warning instead.
 
 The command runs in-process here (reproduce.run.main is what `python -m reproduce.table1` calls), on

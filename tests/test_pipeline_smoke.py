@@ -13,7 +13,8 @@ pytestmark = pytest.mark.slow
 
 
 def _run(args, tmp_path):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # bounded threads: torch's one-per-core default stalls on a busy shared machine
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
     t0 = time.time()
     r = subprocess.run([sys.executable, "-m", "reproduce.table1", *args, "--out", str(tmp_path / "results")],
                        env=env, capture_output=True, text=True, timeout=1500)

@@ -1,4 +1,4 @@
-"""Reliability (issue 7, items 1-3): runs survive SIGKILL, caches never lie, runs are deterministic, and
+"""Reliability: runs survive SIGKILL, caches never lie, runs are deterministic, and
 the API judge survives a faulty endpoint without paying twice.
 
 The experiment is the whole table1 pipeline (python -m reproduce.table1) on tiny models built here

@@ -1,4 +1,4 @@
-"""Security (issue 7, item 5): API keys never reach a file a run writes; models are saved and loaded as
+"""Security: API keys never reach a file a run writes; models are saved and loaded as
 safetensors only (a pickle is never opened); remote code runs only when the user sets
 models.trust_remote_code; cache paths derived from names or ids cannot leave the cache folder.
 """
