@@ -101,6 +101,36 @@ def test_two_fresh_runs_are_byte_identical(config, baseline, tmp_path):
     assert _results(tmp_path / "out") == baseline["results"]
 
 
+def test_two_runs_at_once_on_one_cache_compute_every_stage_once(config, baseline, tmp_path):
+    """Two processes started together on one empty cache: each stage is computed by one of them (the
+    other waits on the entry's lock, then reuses it), each training log holds each step once, and
+    both write the uninterrupted run's results."""
+    cache = tmp_path / "cache"
+    procs = [subprocess.Popen([sys.executable, "-m", "reproduce.table1", "--config", str(config), "--out",
+                               str(tmp_path / f"out{i}")], cwd=ROOT, env=child_env(cache), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    try:
+        logs = [p.communicate(timeout=max(600, 8 * baseline["seconds"])) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (_, err) in zip(procs, logs):
+        assert p.returncode == 0, err[-3000:]
+    started = [s for out, _ in logs for s in stages(out, done=False) if s.startswith(COMPUTE + ("precompute",))]
+    twice = sorted({s for s in started if started.count(s) > 1})
+    assert not twice, f"computed by both runs: {twice}"
+    assert {"train:sft", "train:kd", "train:ddpo", "train:dadpo"} <= set(started)
+    for i in (0, 1):
+        assert _results(tmp_path / f"out{i}") == baseline["results"]
+    assert _entries(cache) == baseline["entries"]
+    logs_seen = sorted((cache / "train").glob("*/log.jsonl"))
+    assert len(logs_seen) == 4
+    for log in logs_seen:
+        steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+        assert steps == list(range(1, len(steps) + 1)) and steps, (log, steps)
+
+
 GEN_SNIPPET = """
 import json, sys
 from dadpo.cache import Cache
