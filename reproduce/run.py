@@ -171,21 +171,15 @@ def run(cfg, out: Path, cache: Cache) -> int:
     rows += seed_rows(rows, records, names, cfg.eval.bootstrap, cfg.eval.bootstrap_seed)
     stem = f"{cfg.setting}_{cfg.scale}" + ("_random" if pipe.shape_run else "")
     run_dir = out / "runs" / stem
-    write_jsonl(run_dir / "records.jsonl", records)
-    for suite, ans in answers.items():  # answer files in evals.run's format, for other judges
-        for who in ans:
-            if who != "items":
-                write_jsonl(run_dir / "answers" / suite / f"{who}.jsonl",
-                            [{"id": it["id"], "prompt": it["prompt"], "answer": a, "reference": it["reference"],
-                              "suite": suite} for it, a in zip(ans["items"], ans[who])])
-    written = [out / f"{stem}_training.csv"]
-    write_csv(written[0], training_rows(pipe.training_logs), TRAINING_COLUMNS)
-    for kind, extra, columns in (("differences", difference_rows(records, names, cfg.eval.bootstrap,
-                                                                 cfg.eval.bootstrap_seed), DIFFERENCE_COLUMNS),
-                                 ("agreement", agreement_rows(records), AGREEMENT_COLUMNS)):
-        if extra:
-            write_csv(out / f"{stem}_{kind}.csv", extra, columns)
-            written.append(out / f"{stem}_{kind}.csv")
+    # every output is computed before the first is written: a failure here leaves an earlier run's files as they were
+    answer_files = {run_dir / "answers" / suite / f"{who}.jsonl":
+                    [{"id": it["id"], "prompt": it["prompt"], "answer": a, "reference": it["reference"],
+                      "suite": suite} for it, a in zip(ans["items"], ans[who])]
+                    for suite, ans in answers.items() for who in ans if who != "items"}  # evals.run's format
+    extras = [(out / f"{stem}_{kind}.csv", extra, columns) for kind, extra, columns in (
+        ("differences", difference_rows(records, names, cfg.eval.bootstrap, cfg.eval.bootstrap_seed),
+         DIFFERENCE_COLUMNS), ("agreement", agreement_rows(records), AGREEMENT_COLUMNS)) if extra]
+    training = training_rows(pipe.training_logs)
     prov_path = out / f"{stem}.provenance.json"
     facts = {**pipe.run_facts(), "judges": {run.judge: run.facts for run in runs}}
     seconds, facts = keep_earlier(earlier_provenance(prov_path, cfg), pipe.timings, facts)
@@ -203,7 +197,16 @@ def run(cfg, out: Path, cache: Cache) -> int:
                          "offline judges are proxies; default models are small stand-ins"
                          + ("; RANDOM WEIGHTS: a shape run, its quality numbers mean nothing" if pipe.shape_run else "."),
     })
-    atomic_write_text(prov_path, json.dumps(provenance, indent=2, sort_keys=True, default=str))
+    prov_text = json.dumps(provenance, indent=2, sort_keys=True, default=str)
+    write_jsonl(run_dir / "records.jsonl", records)
+    for path, rows_of in answer_files.items():
+        write_jsonl(path, rows_of)
+    written = [out / f"{stem}_training.csv"]
+    write_csv(written[0], training, TRAINING_COLUMNS)
+    for path, extra, columns in extras:
+        write_csv(path, extra, columns)
+        written.append(path)
+    atomic_write_text(prov_path, prov_text)
     write_csv(out / f"{stem}.csv", rows, RESULT_COLUMNS)  # the CSV exists only with its provenance
     written = [out / f"{stem}.csv", prov_path] + written
     written += draw_all(out, stem)
