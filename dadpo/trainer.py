@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from dadpo.cache import atomic_dir, atomic_write_text, file_sha256
+from dadpo.cache import atomic_dir, atomic_write_text, file_sha256, share_modes
 from dadpo.chat import pad_batch
 from dadpo.config import TrainConfig
 from dadpo.memory import PeakMemory
@@ -293,6 +293,7 @@ class Trainer:
             state = {"step": step, "method": self.method.name, "scheduler": self.scheduler.state_dict(),
                      "files": {str(p.relative_to(tmp)): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}}
             (tmp / "trainer_state.json").write_text(json.dumps(state), encoding="utf-8")
+            share_modes(tmp)
             old = self.out_dir / ".checkpoint.old"
             if ckpt.exists():
                 os.replace(ckpt, old)
