@@ -35,7 +35,7 @@ from reproduce.evidence import (DIFFERENCE_COLUMNS, Trained, agreement_rows, ans
                                 lc_columns, seed_rows)
 from evals.judges.api import scrub_secrets
 from reproduce.figures import draw_all
-from reproduce.provenance import ROOT, device_facts, git_sha, relative, versions
+from reproduce.provenance import ROOT, device_facts, git_sha, public_paths, relative, versions
 from reproduce.report import build_report
 from reproduce.tables import (RESULT_COLUMNS, TRAINING_COLUMNS, print_table, result_rows, training_rows,
                               write_csv)
@@ -183,10 +183,10 @@ def run(cfg, out: Path, cache: Cache) -> int:
     prov_path = out / f"{stem}.provenance.json"
     facts = {**pipe.run_facts(), "judges": {run.judge: run.facts for run in runs}}
     seconds, facts = keep_earlier(earlier_provenance(prov_path, cfg), pipe.timings, facts)
-    provenance = scrub_secrets({
+    provenance = public_paths(scrub_secrets({
         "command": [relative(sys.argv[0])] + sys.argv[1:], "started_utc": started,
         "wall_seconds": round(time.time() - t0, 1), "git_sha": sha, "versions": versions(),
-        "device": device_facts(), "seed": cfg.seed, "seeds": list(cfg.seeds) or [cfg.seed],
+        "device": device_facts(cfg), "seed": cfg.seed, "seeds": list(cfg.seeds) or [cfg.seed],
         "config_hash": cfg.fingerprint(), "config": cfg.to_dict(),
         "stage_seconds": pipe.timings, "stage_seconds_last_ran": seconds, "facts": facts,
         "judges": {run.judge: run.identity for run in runs},
@@ -196,7 +196,7 @@ def run(cfg, out: Path, cache: Cache) -> int:
         "reconstructed": "daDPO objective and several settings are reconstructions (docs/method.md#reconstructions); "
                          "offline judges are proxies; default models are small stand-ins"
                          + ("; RANDOM WEIGHTS: a shape run, its quality numbers mean nothing" if pipe.shape_run else "."),
-    })
+    }))
     prov_text = json.dumps(provenance, indent=2, sort_keys=True, default=str)
     write_jsonl(run_dir / "records.jsonl", records)
     for path, rows_of in answer_files.items():

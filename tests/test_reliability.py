@@ -131,6 +131,47 @@ def test_two_runs_at_once_on_one_cache_compute_every_stage_once(config, baseline
         assert steps == list(range(1, len(steps) + 1)) and steps, (log, steps)
 
 
+def test_results_do_not_depend_on_the_thread_count(config, baseline, tmp_path):
+    """The baseline runs with one intra-op thread; with two, CPU reductions are split differently, yet
+    the tiny run's answers, scores, weights and CSVs stay identical (greedy and sampled decoding pick
+    the same tokens; fp32 training sums agree to the last bit here). A larger model may not: the
+    provenance records the thread count for that reason."""
+    r = run_cli(config, tmp_path / "out", tmp_path / "cache", OMP_NUM_THREADS=2, MKL_NUM_THREADS=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    prov = json.loads((tmp_path / "out" / "table1_custom.provenance.json").read_text())
+    assert prov["device"]["torch_threads"] == 2 and prov["device"]["thread_env"]["OMP_NUM_THREADS"] == "2"
+    assert _results(tmp_path / "out") == baseline["results"]
+    assert _entries(tmp_path / "cache") == baseline["entries"]
+
+
+def test_provenance_records_what_can_change_a_number_and_no_absolute_path(tiny, baseline):
+    import torch
+
+    from dadpo.modeling import cpu_has_bf16, pick_dtype
+
+    text = (baseline["out"] / "table1_custom.provenance.json").read_text()
+    prov = json.loads(text)
+    dev = prov["device"]
+    assert dev["cpu_native_bf16"] is cpu_has_bf16() and dev["cpu"] and dev["cpu_capability"]
+    assert dev["torch_threads"] == 1 and dev["thread_env"]["OMP_NUM_THREADS"] == "1"
+    assert dev["deterministic_algorithms"] is False and dev["float32_matmul_precision"] == "highest"
+    assert dev["dtypes"]["generation"] == str(pick_dtype("auto", "inference"))  # bf16 only with native bf16
+    assert dev["dtypes"]["training"] == "torch.float32" and dev["cuda"] is torch.cuda.is_available()
+    assert {"torch", "transformers", "accelerate", "tokenizers", "numpy", "gguf", "safetensors"} <= {
+        k for k, v in prov["versions"].items() if v}
+    assert str(tiny.root) not in text and str(Path.home()) not in text
+
+    def strings(x):
+        if isinstance(x, dict):
+            return [s for k, v in x.items() for s in strings(k) + strings(v)]
+        if isinstance(x, list):
+            return [s for v in x for s in strings(v)]
+        return [x] if isinstance(x, str) else []
+
+    assert not [s for s in strings(prov) if s.startswith("/")]
+    assert prov["config"]["models"]["teacher"] == "teacher"  # a folder outside the checkout: its name
+
+
 GEN_SNIPPET = """
 import json, sys
 from dadpo.cache import Cache
