@@ -142,3 +142,24 @@ def test_evals_run_read_only_cache(tmp_path, capsys, monkeypatch):
         _fails(capsys, monkeypatch, [*_base(tmp_path, d), "--out", tmp_path / "out", "--cache", db],
                "is not writable")
     assert not (tmp_path / "out").exists()
+
+
+def test_evals_run_where_every_judge_call_failed_exits_non_zero(tmp_path, capsys, monkeypatch):
+    """An endpoint that never answers: a one-line error and exit 3, not a table of failures and 0."""
+    pytest.importorskip("openai")
+    from evals.judges.api import Backoff
+    from test_evals_api import FakeChat
+
+    dead = FakeChat()
+    dead.close()  # nothing listens on its port any more
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0000")
+    real = erun._judge_kwargs
+    monkeypatch.setattr(erun, "_judge_kwargs", lambda name, args: {
+        **real(name, args), "timeout_s": 0.5, "max_attempts": 2, "backoff": Backoff(base=0.01, seed=0)})
+    d = _answers(tmp_path)
+    capsys.readouterr()
+    rc = erun.main([str(a) for a in ("--suite", "mt_bench", "--judge", "api", "--answers", d, "--api-base-url",
+                                     dead.url, "--out", tmp_path / "out", "--no-cache")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 3 and "\n" not in err and "error: api judge: all 6 judge calls failed" in err, err
+    assert not (tmp_path / "out").exists()
