@@ -11,7 +11,7 @@ Every student file must hold exactly the teacher file's ids with the same prompt
 command writes OUT/<suite>/<judge>/records.jsonl (one record per student x prompt), summary.csv (one
 row per student) and run.json (judge identity, spend, throughput), each atomically and only after all
 judging succeeded, and prints a table. Bad input: a one-line error and exit status 2; a judge that
-cannot be built: exit status 3.
+cannot be built, a verdict cache that cannot be used, or a judge whose every call failed: exit status 3.
 """
 from __future__ import annotations
 
