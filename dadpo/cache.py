@@ -101,14 +101,24 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600: a cache shared between users needs the umask's mode
     try:
         yield Path(tmp)
+        # mkstemp makes 0600, and some writers (safetensors) create the file anew with their own mode:
+        # a cache shared between users needs the umask's mode, set last
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         if os.path.lexists(tmp):
             os.unlink(tmp)
         raise
+
+
+def share_modes(folder: str | Path) -> None:
+    """Give a folder and everything in it the umask's modes: mkdtemp makes 0700 and safetensors writes
+    0600 whatever the umask, which locks the other users of a shared cache out."""
+    for p in [Path(folder), *Path(folder).rglob("*")]:
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~_UMASK)
 
 
 @contextmanager
@@ -119,9 +129,9 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_UMASK)
     try:
         yield tmp
+        share_modes(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from dadpo.cache import atomic_dir, atomic_write_text
+from dadpo.cache import atomic_dir, atomic_write_text, file_sha256, share_modes
 from dadpo.chat import pad_batch
 from dadpo.config import TrainConfig
 from dadpo.memory import PeakMemory
@@ -62,6 +62,19 @@ def tracker_config(cfg: TrainConfig, method: Method) -> dict:
 
 class CheckpointError(RuntimeError):
     """A training checkpoint that cannot be resumed safely (damaged, or holding unsafe content)."""
+
+
+def _check_files(ckpt: Path, recorded: dict | None) -> None:
+    """The checkpoint holds exactly the recorded files with their recorded sha256 (ValueError if not)."""
+    if not isinstance(recorded, dict):
+        raise ValueError("trainer_state.json records no file checksums")
+    present = {str(p.relative_to(ckpt)) for p in ckpt.rglob("*") if p.is_file()} - {"trainer_state.json"}
+    if present != set(recorded):
+        raise ValueError(f"files not written by the trainer: {sorted(present - set(recorded))[:3]}, "
+                         f"missing: {sorted(set(recorded) - present)[:3]}")
+    for name, digest in recorded.items():
+        if file_sha256(ckpt / name) != digest:
+            raise ValueError(f"{name} differs from the checksum recorded when it was saved")
 
 
 @dataclass
@@ -281,19 +294,33 @@ class Trainer:
                            tokens, tokens / max(seconds, 1e-9), peak.peak_mb, last_loss, model_dir, log)
 
     def _resume(self) -> int:
-        """The step to resume from (0 without a checkpoint); raises CheckpointError if it cannot be loaded."""
+        """The step to resume from (0 without a checkpoint); raises CheckpointError if it cannot be loaded.
+
+        Only the files `_save_checkpoint` recorded, with the recorded checksums, are accepted: a file
+        planted in the folder (say a pickle that accelerate would open) or a changed byte refuses the
+        checkpoint before anything in it is read, and so does a training log missing a step before it."""
         ckpt = self.out_dir / "checkpoint"
         state_file = ckpt / "trainer_state.json"
         if not state_file.is_file():
             return 0
         try:
             state = json.loads(state_file.read_text(encoding="utf-8"))
+            _check_files(ckpt, state.get("files"))
             self.acc.load_state(str(ckpt))  # safetensors weights; weights_only unpickler for the rest
             self.scheduler.load_state_dict(state["scheduler"])
-            return int(state["step"])
+            step = int(state["step"])
         except Exception as e:  # noqa: BLE001 - any damage: the caller retrains from the start
-            first = (str(e).strip().splitlines() or [""])[0][:200]
+            first = (str(e).strip().splitlines() or [""])[0][:300]
             raise CheckpointError(f"checkpoint {ckpt} cannot be resumed ({type(e).__name__}: {first})") from e
+        log_path = self.out_dir / "log.jsonl"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a cut last line is reported below if it matters
+            logged = [r.get("step") for r in read_log(log_path) if r.get("step", 0) <= step]
+        if logged != list(range(1, step + 1)):
+            lost = sorted(set(range(1, step + 1)) - set(logged)) or logged
+            raise CheckpointError(f"training log {log_path} does not hold the steps before the checkpoint "
+                                  f"(step {', step '.join(map(str, lost[:5]))} missing or repeated)")
+        return step
 
     def _save_checkpoint(self, step: int) -> None:
         ckpt = self.out_dir / "checkpoint"
@@ -302,9 +329,12 @@ class Trainer:
         if self.acc.is_main_process and tmp.exists():
             shutil.rmtree(tmp)
         self.acc.save_state(str(tmp))
+        self.acc.wait_for_everyone()  # every process's RNG file is written before the checksums
         if self.acc.is_main_process:
-            state = {"step": step, "method": self.method.name, "scheduler": self.scheduler.state_dict()}
+            state = {"step": step, "method": self.method.name, "scheduler": self.scheduler.state_dict(),
+                     "files": {str(p.relative_to(tmp)): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}}
             (tmp / "trainer_state.json").write_text(json.dumps(state), encoding="utf-8")
+            share_modes(tmp)
             old = self.out_dir / ".checkpoint.old"
             if ckpt.exists():
                 os.replace(ckpt, old)

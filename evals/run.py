@@ -11,12 +11,13 @@ Every student file must hold exactly the teacher file's ids with the same prompt
 command writes OUT/<suite>/<judge>/records.jsonl (one record per student x prompt), summary.csv (one
 row per student) and run.json (judge identity, spend, throughput), each atomically and only after all
 judging succeeded, and prints a table. Bad input: a one-line error and exit status 2; a judge that
-cannot be built: exit status 3.
+cannot be built, a verdict cache that cannot be used, or a judge whose every call failed: exit status 3.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,8 +203,15 @@ def run(args) -> list[dict]:
     seed = args.seed if args.seed is not None else cfg.bootstrap_seed
     if n_boot < 1000:
         raise InputError(f"--bootstrap {n_boot}: at least 1000 resamples")
-    if args.limit is not None and args.limit < 1:
-        raise InputError("--limit must be >= 1")
+    for opt in ("limit", "batch_size", "concurrency"):  # found now, not inside a judge after loading models
+        if getattr(args, opt) is not None and getattr(args, opt) < 1:
+            raise InputError(f"--{opt.replace('_', '-')} must be >= 1, got {getattr(args, opt)}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir() or (out / args.suite).exists() and not (out / args.suite).is_dir():
+        raise InputError(f"--out {out}: not a folder")
+    existing = next(p for p in [out, *out.parents] if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"--out {out}: {existing} is not a writable folder")
     (t_name, t_path), students = resolve_inputs(args)
     teacher = load_answers(t_path, args.suite)
     if args.limit:

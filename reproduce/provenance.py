@@ -53,18 +53,48 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def device_facts() -> dict:
-    """The hardware and numeric settings a result may depend on."""
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TOKENIZERS_PARALLELISM",
+              "CUBLAS_WORKSPACE_CONFIG", "PYTHONHASHSEED")
+
+
+def device_facts(cfg=None) -> dict:
+    """The hardware and numeric settings a result may depend on: the CPU and whether it has native
+    bf16 units (which decides the inference dtype of `auto`), thread counts (they change the order of
+    float reductions), deterministic-algorithm settings, and the dtypes the run used."""
     import torch
 
-    d = {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
-         "torch_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    from dadpo.modeling import cpu_has_bf16, pick_dtype
+
+    d = {"platform": platform.platform(), "machine": platform.machine(), "cpu": cpu_model(),
+         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+         "torch_interop_threads": torch.get_num_interop_threads(),
+         "thread_env": {k: os.environ.get(k) for k in THREAD_ENV},
+         "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_native_bf16": cpu_has_bf16(),
+         "mkldnn": torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled,
          "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+         "float32_matmul_precision": torch.get_float32_matmul_precision(),
          "cuda": torch.cuda.is_available()}
+    if cfg is not None:
+        d["dtypes"] = {"generation": str(pick_dtype(cfg.generation.dtype, "inference")),
+                       "scoring": str(pick_dtype(cfg.models.dtype, "inference")), "training": "torch.float32",
+                       "training_autocast": "bf16" if torch.cuda.is_available() else None}
     if torch.cuda.is_available():
         d.update(gpu=torch.cuda.get_device_name(0), gpus=torch.cuda.device_count(), cuda_version=torch.version.cuda,
-                 cudnn=torch.backends.cudnn.version(), tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
+                 cudnn=torch.backends.cudnn.version(), tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+                 cudnn_deterministic=torch.backends.cudnn.deterministic)
     return d
+
+
+def public_paths(obj):
+    """A copy of a JSON-like object in which every absolute path (a string starting with / or ~) is
+    made `relative`: the record names no folder of the machine that wrote it."""
+    if isinstance(obj, str):
+        return relative(Path(obj).expanduser()) if obj.startswith(("/", "~")) else obj
+    if isinstance(obj, dict):
+        return {public_paths(k): public_paths(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(public_paths(v) for v in obj)
+    return obj
 
 
 def relative(path: str | Path) -> str:

@@ -35,7 +35,7 @@ from reproduce.evidence import (DIFFERENCE_COLUMNS, Trained, agreement_rows, ans
                                 lc_columns, seed_rows)
 from evals.judges.api import scrub_secrets
 from reproduce.figures import draw_all
-from reproduce.provenance import ROOT, device_facts, git_sha, relative, versions
+from reproduce.provenance import ROOT, device_facts, git_sha, public_paths, relative, versions
 from reproduce.report import build_report
 from reproduce.tables import (RESULT_COLUMNS, TRAINING_COLUMNS, print_table, result_rows, training_rows,
                               write_csv)
@@ -183,28 +183,22 @@ def run(cfg, out: Path, cache: Cache) -> int:
     rows += seed_rows(rows, records, names, cfg.eval.bootstrap, cfg.eval.bootstrap_seed)
     stem = f"{cfg.setting}_{cfg.scale}" + ("_random" if pipe.shape_run else "")
     run_dir = out / "runs" / stem
-    write_jsonl(run_dir / "records.jsonl", records)
-    for suite, ans in answers.items():  # answer files in evals.run's format, for other judges
-        for who in ans:
-            if who != "items":
-                write_jsonl(run_dir / "answers" / suite / f"{who}.jsonl",
-                            [{"id": it["id"], "prompt": it["prompt"], "answer": a, "reference": it["reference"],
-                              "suite": suite} for it, a in zip(ans["items"], ans[who])])
-    written = [out / f"{stem}_training.csv"]
-    write_csv(written[0], training_rows(pipe.training_logs), TRAINING_COLUMNS)
-    for kind, extra, columns in (("differences", difference_rows(records, names, cfg.eval.bootstrap,
-                                                                 cfg.eval.bootstrap_seed), DIFFERENCE_COLUMNS),
-                                 ("agreement", agreement_rows(records), AGREEMENT_COLUMNS)):
-        if extra:
-            write_csv(out / f"{stem}_{kind}.csv", extra, columns)
-            written.append(out / f"{stem}_{kind}.csv")
+    # every output is computed before the first is written: a failure here leaves an earlier run's files as they were
+    answer_files = {run_dir / "answers" / suite / f"{who}.jsonl":
+                    [{"id": it["id"], "prompt": it["prompt"], "answer": a, "reference": it["reference"],
+                      "suite": suite} for it, a in zip(ans["items"], ans[who])]
+                    for suite, ans in answers.items() for who in ans if who != "items"}  # evals.run's format
+    extras = [(out / f"{stem}_{kind}.csv", extra, columns) for kind, extra, columns in (
+        ("differences", difference_rows(records, names, cfg.eval.bootstrap, cfg.eval.bootstrap_seed),
+         DIFFERENCE_COLUMNS), ("agreement", agreement_rows(records), AGREEMENT_COLUMNS)) if extra]
+    training = training_rows(pipe.training_logs)
     prov_path = out / f"{stem}.provenance.json"
     facts = {**pipe.run_facts(), "judges": {run.judge: run.facts for run in runs}}
     seconds, facts = keep_earlier(earlier_provenance(prov_path, cfg), pipe.timings, facts)
-    provenance = scrub_secrets({
+    provenance = public_paths(scrub_secrets({
         "command": [relative(sys.argv[0])] + sys.argv[1:], "started_utc": started,
         "wall_seconds": round(time.time() - t0, 1), "git_sha": sha, "versions": versions(),
-        "device": device_facts(), "seed": cfg.seed, "seeds": list(cfg.seeds) or [cfg.seed],
+        "device": device_facts(cfg), "seed": cfg.seed, "seeds": list(cfg.seeds) or [cfg.seed],
         "config_hash": cfg.fingerprint(), "config": cfg.to_dict(),
         "stage_seconds": pipe.timings, "stage_seconds_last_ran": seconds, "facts": facts,
         "judges": {run.judge: run.identity for run in runs},
@@ -216,8 +210,17 @@ def run(cfg, out: Path, cache: Cache) -> int:
         "reconstructed": "daDPO objective and several settings are reconstructions (docs/method.md#reconstructions); "
                          "offline judges are proxies; default models are small stand-ins"
                          + ("; RANDOM WEIGHTS: a shape run, its quality numbers mean nothing" if pipe.shape_run else "."),
-    })
-    atomic_write_text(prov_path, json.dumps(provenance, indent=2, sort_keys=True, default=str))
+    }))
+    prov_text = json.dumps(provenance, indent=2, sort_keys=True, default=str)
+    write_jsonl(run_dir / "records.jsonl", records)
+    for path, rows_of in answer_files.items():
+        write_jsonl(path, rows_of)
+    written = [out / f"{stem}_training.csv"]
+    write_csv(written[0], training, TRAINING_COLUMNS)
+    for path, extra, columns in extras:
+        write_csv(path, extra, columns)
+        written.append(path)
+    atomic_write_text(prov_path, prov_text)
     write_csv(out / f"{stem}.csv", rows, RESULT_COLUMNS)  # the CSV exists only with its provenance
     written = [out / f"{stem}.csv", prov_path] + written
     written += draw_all(out, stem)

@@ -1,4 +1,4 @@
-"""Bad input (issue 7, item 4): each case ends `python -m reproduce.table1` with a one-line error, a
+"""Bad input: each case ends `python -m reproduce.table1` with a one-line error, a
 non-zero exit and nothing written in --out; over-long prompts are cut with a warning instead.
 
 The command runs in-process here (reproduce.run.main is what `python -m reproduce.table1` calls), on
@@ -220,3 +220,59 @@ def test_missing_config_file(tmp_path, capsys):
 def test_save_tiny_model_is_a_real_model(tmp_path):  # guards the fixtures the cases above rely on
     folder = save_tiny_model(tmp_path / "m")
     assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+
+
+# ------------------------------------------------------------------------- output and cache folders
+def test_out_that_is_a_file(tiny, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.write_text("a file")
+    capsys.readouterr()
+    rc = main("table1", ["--config", str(tiny.write_config(tmp_path / "c.yaml")), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err == f"error: --out {out}: not a folder" and out.read_text() == "a file"
+    assert not (tmp_path / "cache").exists()  # refused before any work
+
+
+def test_damaged_verdict_cache_in_the_run_cache_is_moved_aside(tiny, tmp_path, capsys, one_thread):
+    """The run's own verdicts.sqlite cut short: moved aside with a warning, verdicts judged again."""
+    cache = tmp_path / "cache"
+    db = cache / "judges" / "verdicts.sqlite"
+    db.parent.mkdir(parents=True)
+    db.write_bytes(b"SQLite format 3\x00" + b"\x00" * 90)  # a database cut after its header
+    cfg = tiny.write_config(tmp_path / "c.yaml", **{"methods": ["student"], "eval.suites": {"in_domain": 2}})
+    with pytest.warns(UserWarning, match="verdict cache .* is damaged"):
+        rc = main("table1", ["--config", str(cfg), "--out", str(tmp_path / "out"), "--cache", str(cache)])
+    assert rc == 0, capsys.readouterr().err[-2000:]
+    assert [p.name for p in db.parent.iterdir() if ".damaged-" in p.name]
+
+
+def test_read_only_verdict_cache_fails_before_any_work(tiny, tmp_path, capsys):
+    from test_evals_faults import _filled, read_only
+
+    cache = tmp_path / "cache"
+    db = _filled(cache / "judges" / "verdicts.sqlite", n=1)
+    with read_only(db, db.parent):
+        fails(capsys, tmp_path, tiny.write_config(tmp_path / "c.yaml"), "--cache", str(cache),
+              expect="is not writable")
+    assert sorted(p.name for p in cache.iterdir()) == ["judges"]  # nothing computed
+
+
+def test_a_run_that_fails_late_leaves_the_earlier_outputs_alone(tiny, tmp_path, capsys, monkeypatch, one_thread):
+    """Everything a run writes is computed first: a failure after judging rewrites no earlier file."""
+    import reproduce.run as rr
+
+    out = tmp_path / "out"
+    base = {"methods": ["student"], "eval.suites": {"in_domain": 2}}
+    assert main("table1", ["--config", str(tiny.write_config(tmp_path / "a.yaml", **base)), "--out", str(out)]) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def broken(spec):
+        raise RuntimeError("asset facts unavailable")
+
+    monkeypatch.setattr(rr, "asset_facts", broken)
+    cfg = tiny.write_config(tmp_path / "b.yaml", **{**base, "eval.suites": {"in_domain": 3}})
+    capsys.readouterr()
+    assert main("table1", ["--config", str(cfg), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: asset facts unavailable"
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before

@@ -81,3 +81,36 @@ def test_git_sha_of_a_copied_tree_is_the_named_one(monkeypatch):
     assert git_sha() and "named by" not in git_sha()
     monkeypatch.setenv("DADPO_SOURCE_SHA", "abc123")  # a copy whose .git is missing or stale
     assert git_sha().startswith("abc123 (named by DADPO_SOURCE_SHA")
+
+
+UMASK_SNIPPET = """
+import os, sys, torch
+os.umask(int(sys.argv[2], 8))
+from pathlib import Path
+from dadpo.cache import atomic_dir, save_tensors, write_json
+root = Path(sys.argv[1])
+write_json(root / "e.json", {"a": 1})
+save_tensors(root / "t.safetensors", {"x": torch.zeros(2)})
+with atomic_dir(root / "model") as tmp:
+    (tmp / "w").write_text("w")
+    (tmp / "sub").mkdir()
+    from safetensors.torch import save_file
+    save_file({"x": torch.zeros(2)}, str(tmp / "sub" / "model.safetensors"))  # 0600, as save_pretrained writes
+"""
+
+
+@pytest.mark.parametrize("umask, file_mode, dir_mode", [("002", 0o664, 0o775), ("022", 0o644, 0o755)])
+def test_cache_entries_follow_the_umask(tmp_path, umask, file_mode, dir_mode):
+    """Atomic writes go through mkstemp/mkdtemp (0600/0700): entries get the umask's modes instead, so
+    a cache shared by a group stays readable by it."""
+    import subprocess
+    import sys
+
+    from rel_tiny import ROOT, child_env
+
+    r = subprocess.run([sys.executable, "-c", UMASK_SNIPPET, str(tmp_path), umask], cwd=ROOT, env=child_env(tmp_path),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    modes = {str(p.relative_to(tmp_path)): p.stat().st_mode & 0o777 for p in tmp_path.rglob("*")}
+    files = ["e.json", "t.safetensors", "t.safetensors.sha256.json", "model/w", "model/sub/model.safetensors"]
+    assert modes == {**dict.fromkeys(files, file_mode), "model": dir_mode, "model/sub": dir_mode}

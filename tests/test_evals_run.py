@@ -1,6 +1,7 @@
 """`python -m evals.run`: answer files in, records + summary out; bad input leaves nothing behind."""
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -116,5 +117,6 @@ def test_bad_arguments_and_unloadable_judge(answers, tmp_path, capsys):
 def test_module_entry_point(tmp_path):
     p = subprocess.run([sys.executable, "-m", "evals.run", "--suite", "in_domain", "--out", str(tmp_path),
                         "--teacher", str(tmp_path / "none.jsonl"), "--student", "s=x.jsonl"],
-                       capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+                       capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "not found" in p.stderr

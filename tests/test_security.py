@@ -1,4 +1,4 @@
-"""Security (issue 7, item 5): API keys never reach a file a run writes; models are saved and loaded as
+"""Security: API keys never reach a file a run writes; models are saved and loaded as
 safetensors only (a pickle is never opened); remote code runs only when the user sets
 models.trust_remote_code; cache paths derived from names or ids cannot leave the cache folder.
 """
@@ -66,23 +66,33 @@ def leaky_chat(key: str):
     return LeakyChat()
 
 
-@pytest.mark.slow  # the tiny experiment reads real ShareGPT prompts
-def test_api_key_is_never_written(tiny, tmp_path):
-    """A whole run with the API judge (and the reference judge), OPENAI_API_KEY set to a unique key
-    as long as real project keys (~164 chars); then every file the run wrote and everything it
-    printed is searched for the key and for any 24-character piece of it."""
+@pytest.fixture(scope="module")
+def keyed_run(tiny, tmp_path_factory):
+    """One whole run shared by the key and safetensors checks: the API judge (and the reference judge)
+    with OPENAI_API_KEY set to a unique key as long as real project keys (~164 chars), and a trained
+    models with resumable checkpoints (save_every=1)."""
+    tmp_path = tmp_path_factory.mktemp("keyed_run")
     key = "sk-proj-" + secrets.token_hex(78)
-    pieces = {key[i:i + 24] for i in range(0, len(key) - 24, 8)}
     server = leaky_chat(key)
     cache, out = tmp_path / "cache", tmp_path / "out"
-    cfg = tiny.write_config(tmp_path / "c.yaml", **{"methods": ["student", "sft"], "eval.judges": ["reference", "api"],
-                                                    "eval.api_base_url": server.url, "eval.suites": {"in_domain": 4}})
+    cfg = tiny.write_config(tmp_path / "c.yaml", **{
+        "methods": ["student", "sft", "kd"], "eval.judges": ["reference", "api"], "eval.api_base_url": server.url,
+        "eval.suites": {"in_domain": 4}, "train.save_every": 1})
     t0 = time.time()
     try:
         r = run_cli(cfg, out, cache, OPENAI_API_KEY=key)
     finally:
         server.close()
     assert r.returncode == 0, r.stderr[-3000:]
+    return {"key": key, "server": server, "cache": cache, "out": out, "t0": t0, "proc": r}
+
+
+@pytest.mark.slow  # the tiny experiment reads real ShareGPT prompts
+def test_api_key_is_never_written(keyed_run):
+    """Every file the run wrote and everything it printed is searched for the key and for any
+    24-character piece of it."""
+    key, server, cache, out, t0, r = (keyed_run[k] for k in ("key", "server", "cache", "out", "t0", "proc"))
+    pieces = {key[i:i + 24] for i in range(0, len(key) - 24, 8)}
     assert server.requests >= 8
     records = out / "runs" / "table1_custom" / "records.jsonl"  # under --out, never the source tree
     assert records.is_file() and records.stat().st_mtime >= t0 and not (ROOT / "runs" / "table1_custom").exists()
@@ -108,15 +118,12 @@ def test_api_key_is_never_written(tiny, tmp_path):
 
 # ------------------------------------------------------------------------------------ safetensors
 @pytest.mark.slow  # the tiny experiment reads real ShareGPT prompts
-def test_saved_models_are_safetensors_only(tiny, tmp_path):
+def test_saved_models_are_safetensors_only(keyed_run):
     """Every model folder a run writes (trained students) holds safetensors and no pickle. The only
     pickles in the cache are accelerate's resumable training state, which accelerate loads with
-    torch.load(weights_only=True)."""
-    cfg = tiny.write_config(tmp_path / "c.yaml", **{"methods": ["student", "sft", "kd"], "eval.suites": {"in_domain": 2},
-                                                    "train.save_every": 1})
-    r = run_cli(cfg, tmp_path / "out", tmp_path / "cache")
-    assert r.returncode == 0, r.stderr[-3000:]
-    cache = tmp_path / "cache"
+    torch.load(weights_only=True) and the trainer checks against recorded checksums first."""
+    cache, tmp_path = keyed_run["cache"], keyed_run["out"].parent
+    assert list(cache.glob("train/*/checkpoint/*.pkl"))  # the run did leave a checkpoint to check
     models = [p.parent for p in cache.rglob("config.json")]
     assert len(models) >= 2
     for m in models:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import sqlite3
 import time
+import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -79,16 +81,62 @@ def item_key(identity: dict, item: JudgeItem) -> str:
     return sha256_text(blob)
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
 class VerdictCache:
-    """Successful verdicts in SQLite, keyed by `item_key`. Used from one thread only."""
+    """Successful verdicts in SQLite, keyed by `item_key`. Used from one thread only.
+
+    Checked when opened, not when the first paid-for verdict is stored: a damaged database (a SQLite
+    file cut short or corrupted) is moved aside with a warning and rebuilt empty (its verdicts are
+    judged again); a file that is no SQLite database at all, or a cache that cannot be written, is a
+    one-line JudgeError, and such a file is left as it is."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(self.path), timeout=60)
-        self._db.execute("CREATE TABLE IF NOT EXISTS verdicts (key TEXT PRIMARY KEY, judge TEXT NOT NULL,"
-                         " verdict TEXT NOT NULL, created REAL NOT NULL)")
-        self._db.commit()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = self._open()
+        except sqlite3.OperationalError as e:  # read-only file or folder, no space, no such folder
+            raise JudgeError(f"verdict cache {self.path} is not writable ({e})") from None
+        except OSError as e:
+            raise JudgeError(f"verdict cache {self.path} cannot be created ({e.strerror or e})") from None
+        except sqlite3.DatabaseError as e:
+            if not self._was_sqlite():
+                raise JudgeError(f"verdict cache {self.path} is not a SQLite database ({e})") from None
+            aside = self.path.with_name(f"{self.path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+            os.replace(self.path, aside)
+            for side in ("-journal", "-wal", "-shm"):  # a stale journal would be replayed into the new file
+                if os.path.exists(f"{self.path}{side}"):
+                    os.replace(f"{self.path}{side}", f"{aside}{side}")
+            warnings.warn(f"verdict cache {self.path} is damaged ({e}); moved to {aside}; its verdicts will be "
+                          "judged again", stacklevel=2)
+            try:
+                self._db = self._open()
+            except sqlite3.DatabaseError as e2:
+                raise JudgeError(f"verdict cache {self.path} is not writable ({e2})") from None
+
+    def _was_sqlite(self) -> bool:
+        """True when the file starts like a SQLite database (or is a cut-off piece of that start)."""
+        with open(self.path, "rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+        return bool(head) and SQLITE_HEADER.startswith(head)
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), timeout=60)
+        try:
+            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("quick_check failed")
+            db.execute("CREATE TABLE IF NOT EXISTS verdicts (key TEXT PRIMARY KEY, judge TEXT NOT NULL,"
+                       " verdict TEXT NOT NULL, created REAL NOT NULL)")
+            db.commit()
+            db.execute("BEGIN IMMEDIATE")  # a write that is rolled back: fails now if nothing can be stored
+            db.execute("INSERT OR REPLACE INTO verdicts VALUES ('', '', '', 0)")
+            db.rollback()
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def get(self, key: str) -> Verdict | None:
         row = self._db.execute("SELECT verdict FROM verdicts WHERE key = ?", (key,)).fetchone()
@@ -102,9 +150,12 @@ class VerdictCache:
     def put(self, key: str, identity: dict, verdict: Verdict) -> None:
         if verdict.failed:  # failures are retried on the next run, never remembered
             return
-        self._db.execute("INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?)",
-                         (key, json.dumps(identity, sort_keys=True), json.dumps(verdict.to_dict()), time.time()))
-        self._db.commit()
+        try:
+            self._db.execute("INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?)",
+                             (key, json.dumps(identity, sort_keys=True), json.dumps(verdict.to_dict()), time.time()))
+            self._db.commit()
+        except sqlite3.DatabaseError as e:  # e.g. the disk filled up mid-run
+            raise JudgeError(f"verdict cache {self.path}: cannot store a verdict ({e})") from None
 
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0]
