@@ -10,6 +10,9 @@ family) in the whole global batch, counted before the step; so 1 x 4 accumulatio
 processes with half the accumulation all give the same update. The data order is a seeded
 permutation per epoch, so a resumed run sees the same batches as an uninterrupted one.
 
+A micro-batch's rows are packed into one sequence without padding (train.packing, dadpo.packing)
+and token log-probs come from the LM head implementation train.lm_head resolves to (baselines.head).
+
 Checkpoints hold no executable pickle: weights as safetensors, optimizer and RNG state through
 accelerate (loaded with torch's weights_only unpickler), the step and the scheduler as JSON.
 """
@@ -27,11 +30,12 @@ from pathlib import Path
 
 import torch
 
+from baselines.head import pick_implementation
 from dadpo.cache import atomic_dir, atomic_write_text
-from dadpo.chat import pad_batch
 from dadpo.config import TrainConfig
 from dadpo.memory import PeakMemory
 from dadpo.methods import Method, PolicyOutputs
+from dadpo.packing import micro_batch, real_tokens
 from dadpo.scoring import ResponseScorer
 
 
@@ -113,9 +117,12 @@ class Trainer:
         self.tokenizer = tokenizer
         params = [p for p in model.parameters() if p.requires_grad]
         lr = train_cfg.sft_lr if method.sft_schedule else train_cfg.lr
-        fused = {"fused": True} if self.acc.device.type == "cuda" else {}  # one kernel for all parameters
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=train_cfg.weight_decay, **fused)
-        self.scorer, self.opt = self.acc.prepare(ResponseScorer(model, train_cfg.logit_chunk), opt)
+        # one kernel for all parameters on CUDA; elsewhere one op per step over the parameter list
+        kernel = {"fused": True} if self.acc.device.type == "cuda" else {"foreach": True}
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=train_cfg.weight_decay, **kernel)
+        self.head = pick_implementation(train_cfg.lm_head, self.acc.device)
+        scorer = ResponseScorer(model, train_cfg.logit_chunk, self.head, train_cfg.liger_chunk_mem_const)
+        self.scorer, self.opt = self.acc.prepare(scorer, opt)
         self.scheduler = None  # set by train(); step() works without one (the benchmark)
 
     def _configure_deepspeed(self, train_cfg: TrainConfig) -> None:
@@ -135,13 +142,14 @@ class Trainer:
     def loss_sum(self, exs: list[dict]):
         """(sum of the loss over this micro-batch's units, metrics, tokens seen) for examples `exs`."""
         rows = [e[a] for a in self.method.answers for e in exs]
-        b = {k: v.to(self.acc.device) for k, v in pad_batch(rows, self.tokenizer.pad_token_id).items()}
-        values, labels, row = self.scorer(b["input_ids"], b["attention_mask"], b["response_mask"],
+        b = micro_batch(rows, self.tokenizer.pad_token_id, self.cfg.packing)
+        ntok = real_tokens(b)
+        values, labels, row = self.scorer(**{k: v.to(self.acc.device) for k, v in b.items()},
                                           want_logits=self.method.wants_logits)
         out = (PolicyOutputs(labels, row, len(rows), logits=values) if self.method.wants_logits
                else PolicyOutputs(labels, row, len(rows), lp=values))
         loss, metrics = self.method.loss(out, exs)
-        return loss, metrics, int(b["attention_mask"].sum())
+        return loss, metrics, ntok
 
     # --- one optimizer step ----------------------------------------------------------------
     def step(self, batch: list[dict]) -> dict:
