@@ -84,7 +84,8 @@ class Trainer:
     Examples (dicts): every method has "chosen" = {"input_ids", "response_mask"} (the teacher's
     answer); the DPO family adds "rejected" and the frozen sequence log-probs "ref_chosen",
     "ref_rejected", "te_chosen", "te_rejected" (summed, with "*_count" token counts); KD adds
-    "kd" = (logprobs [n, k], ids [n, k], tail [n]) of the teacher's top-k for chosen's tokens.
+    "kd" = (logprobs [n, k], ids [n, k], tail [n][, sample_logprobs [n, m], sample_ids [n, m]]) of the
+    teacher's top-k (and tail samples) for chosen's tokens.
     """
 
     def __init__(self, model, tokenizer, method: Method, train_cfg: TrainConfig, out_dir: str | Path,
