@@ -17,8 +17,12 @@ Two teacher forms:
       restricted to the same k ids plus one tail bucket (student tail = 1 - sum of its probs on
       those ids), and the divergence is over those k + 1 buckets. Merging vocabulary entries into
       a bucket can only lower an f-divergence (data processing inequality), so the cached value is
-      a lower bound that grows with k and is exact at k = V. The cache must have been built at the
-      same temperature; here the temperature only rescales the student.
+      a lower bound that grows with k and is exact at k = V;
+  (c) a cached `TopKSamples` (`topk_with_samples`): the k ids exactly, and the tail's sum of per-token
+      terms estimated from m ids drawn from the teacher's tail, each term weighted by
+      P_tail / (m p_j): unbiased in expectation over the draw, for every divergence here (each is a
+      sum of per-token terms f(p_i, q_i)); the student's log-probs there are exact (full softmax).
+  A cache must have been built at the same temperature; here the temperature only rescales the student.
 
 Memory: only masked positions are touched, `chunk_size` positions at a time, and each chunk runs
 under `torch.utils.checkpoint`, so the float32 log_softmax/mixture buffers of one chunk are alive at
@@ -43,9 +47,10 @@ DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl")
 # last dim. Log-probs are floored at LOG_FLOOR (finite), so p * (log p - log q) with p == 0 is 0 and
 # never 0 * inf = NaN, in forward or backward.
 
-def _kl(lp: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) = sum_i p_i (log p_i - log q_i)."""
-    return (lp.exp() * (lp - lq)).sum(-1)
+def _kl(lp: torch.Tensor, lq: torch.Tensor, w=None) -> torch.Tensor:
+    """KL(p || q) = sum_i w_i p_i (log p_i - log q_i); w (importance weights of sampled buckets) = 1 if None."""
+    terms = lp.exp() * (lp - lq)
+    return (terms if w is None else terms * w).sum(-1)
 
 
 def _log_mix(la: torch.Tensor, lb: torch.Tensor, w: float) -> torch.Tensor:
@@ -53,56 +58,57 @@ def _log_mix(la: torch.Tensor, lb: torch.Tensor, w: float) -> torch.Tensor:
     return torch.logaddexp(la + math.log(w), lb + math.log1p(-w))
 
 
-def forward_kl(lp: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
+def forward_kl(lp: torch.Tensor, lq: torch.Tensor, w=None) -> torch.Tensor:
     """KL(p_teacher || q_student)."""
-    return _kl(lp, lq)
+    return _kl(lp, lq, w)
 
 
-def reverse_kl(lp: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
+def reverse_kl(lp: torch.Tensor, lq: torch.Tensor, w=None) -> torch.Tensor:
     """KL(q_student || p_teacher)."""
-    return _kl(lq, lp)
+    return _kl(lq, lp, w)
 
 
-def jsd(lp: torch.Tensor, lq: torch.Tensor, lam: float = 0.5) -> torch.Tensor:
+def jsd(lp: torch.Tensor, lq: torch.Tensor, lam: float = 0.5, w=None) -> torch.Tensor:
     """lam KL(p || m) + (1 - lam) KL(q || m), m = lam p + (1 - lam) q; exactly 0 at lam in {0, 1}."""
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"jsd: lam must be in [0, 1], got {lam}")
     if lam in (0.0, 1.0):
         return (lq * 0).sum(-1)  # zero that keeps the graph (and gives zero gradients)
     lm = _log_mix(lp, lq, lam)
-    return lam * _kl(lp, lm) + (1 - lam) * _kl(lq, lm)
+    return lam * _kl(lp, lm, w) + (1 - lam) * _kl(lq, lm, w)
 
 
-def skew_kl(lp: torch.Tensor, lq: torch.Tensor, alpha: float = 0.1) -> torch.Tensor:
+def skew_kl(lp: torch.Tensor, lq: torch.Tensor, alpha: float = 0.1, w=None) -> torch.Tensor:
     """KL(p || alpha p + (1 - alpha) q); alpha = 0 is forward KL, alpha = 1 is 0."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"skew_kl: alpha must be in [0, 1], got {alpha}")
     if alpha == 0.0:
-        return _kl(lp, lq)
+        return _kl(lp, lq, w)
     if alpha == 1.0:
         return (lq * 0).sum(-1)
-    return _kl(lp, _log_mix(lp, lq, alpha))
+    return _kl(lp, _log_mix(lp, lq, alpha), w)
 
 
-def skew_reverse_kl(lp: torch.Tensor, lq: torch.Tensor, alpha: float = 0.1) -> torch.Tensor:
+def skew_reverse_kl(lp: torch.Tensor, lq: torch.Tensor, alpha: float = 0.1, w=None) -> torch.Tensor:
     """KL(q || alpha q + (1 - alpha) p); alpha = 0 is reverse KL, alpha = 1 is 0."""
-    return skew_kl(lq, lp, alpha)
+    return skew_kl(lq, lp, alpha, w)
 
 
 def divergence_from_logprobs(lp: torch.Tensor, lq: torch.Tensor, divergence: str = "forward_kl",
-                             lam: float = 0.5, alpha: float = 0.1) -> torch.Tensor:
-    """Dispatch on `divergence`; lp = teacher log-probs, lq = student log-probs, [..., K] -> [...]."""
+                             lam: float = 0.5, alpha: float = 0.1, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Dispatch on `divergence`; lp = teacher log-probs, lq = student log-probs, [..., K] -> [...].
+    Every divergence here is a sum of per-bucket terms; `weight` [..., K] scales each term (None = 1)."""
     lp, lq = lp.clamp_min(LOG_FLOOR), lq.clamp_min(LOG_FLOOR)
     if divergence == "forward_kl":
-        return forward_kl(lp, lq)
+        return forward_kl(lp, lq, weight)
     if divergence == "reverse_kl":
-        return reverse_kl(lp, lq)
+        return reverse_kl(lp, lq, weight)
     if divergence == "jsd":
-        return jsd(lp, lq, lam)
+        return jsd(lp, lq, lam, weight)
     if divergence == "skew_kl":
-        return skew_kl(lp, lq, alpha)
+        return skew_kl(lp, lq, alpha, weight)
     if divergence == "skew_reverse_kl":
-        return skew_reverse_kl(lp, lq, alpha)
+        return skew_reverse_kl(lp, lq, alpha, weight)
     raise ValueError(f"unknown divergence {divergence!r} (known: {', '.join(DIVERGENCES)})")
 
 
@@ -129,6 +135,21 @@ def _topk_chunk(student_logits, t_lp, t_ids, t_tail, idx, divergence, temperatur
     return divergence_from_logprobs(lp, lq, divergence, lam, alpha).sum()
 
 
+def _sampled_chunk(student_logits, t_lp, t_ids, t_tail, s_lp, s_ids, idx, divergence, temperature, lam, alpha):
+    """The top-k ids exactly, the tail by its importance-weighted samples (no merged tail bucket)."""
+    acc = acc_dtype(student_logits.dtype)
+    s = student_logits[idx].to(acc) / temperature  # [c, V]
+    ids = torch.cat([t_ids[idx], s_ids[idx]], dim=-1).long()  # [c, k + m]
+    lq = s.gather(-1, ids) - torch.logsumexp(s, dim=-1, keepdim=True)
+    samp = s_lp[idx].to(acc)
+    lp = torch.cat([t_lp[idx].to(acc), samp], dim=-1)
+    m = samp.shape[-1]
+    # sample weight: a term f(p_j, q_j) of the tail sum is estimated by f(p_s, q_s) P_tail / (m p_s)
+    w_s = (t_tail[idx].to(acc).unsqueeze(-1) - samp.clamp_min(LOG_FLOOR)).exp() / m
+    w = torch.cat([torch.ones_like(t_lp[idx], dtype=acc), w_s], dim=-1)
+    return divergence_from_logprobs(lp, lq, divergence, lam, alpha, weight=w).sum()
+
+
 def kd_divergence_sum(student_logits: torch.Tensor, mask: torch.Tensor, divergence: str = "forward_kl",
                       temperature: float = 1.0, lam: float = 0.5, alpha: float = 0.1,
                       teacher_logits: torch.Tensor | None = None,
@@ -138,7 +159,7 @@ def kd_divergence_sum(student_logits: torch.Tensor, mask: torch.Tensor, divergen
 
     student_logits [..., V]; mask [...] (bool or 0/1: positions whose next-token distribution is
     distilled); exactly one of teacher_logits [..., V] or teacher_topk = (logprobs [..., k],
-    ids [..., k], tail [...]). The sum is a float32 (float64) scalar carrying the student graph.
+    ids [..., k], tail [...][, sample_logprobs [..., m], sample_ids [..., m]]). The sum is a float32 (float64) scalar carrying the student graph.
     """
     if (teacher_logits is None) == (teacher_topk is None):
         raise ValueError("kd: pass exactly one of teacher_logits (online teacher) or teacher_topk (cache)")
@@ -159,16 +180,27 @@ def kd_divergence_sum(student_logits: torch.Tensor, mask: torch.Tensor, divergen
         teacher = (teacher_logits.detach(),)
         kernel = _full_chunk
     else:
-        t_lp, t_ids, t_tail = teacher_topk
+        if len(teacher_topk) not in (3, 5):
+            raise ValueError("kd: teacher_topk is (logprobs, ids, tail) or those plus (sample_logprobs, sample_ids)")
+        t_lp, t_ids, t_tail = teacher_topk[:3]
         if t_lp.shape[:-1] != lead or t_ids.shape != t_lp.shape or t_tail.shape != lead:
             raise ValueError(f"kd: teacher_topk shapes {tuple(t_lp.shape)}, {tuple(t_ids.shape)}, "
                              f"{tuple(t_tail.shape)} do not match student logits {tuple(student_logits.shape)}")
         teacher = (t_lp.detach(), t_ids, t_tail.detach())
         kernel = _topk_chunk
+        if len(teacher_topk) == 5 and teacher_topk[4].shape[-1] > 0:
+            s_lp, s_ids = teacher_topk[3:]
+            if s_lp.shape[:-1] != lead or s_ids.shape != s_lp.shape:
+                raise ValueError(f"kd: tail samples {tuple(s_lp.shape)}, {tuple(s_ids.shape)} do not match "
+                                 f"student logits {tuple(student_logits.shape)}")
+            teacher = (*teacher, s_lp.detach(), s_ids)
+            kernel = _sampled_chunk
     index = mask.bool().nonzero(as_tuple=True)
     n = int(index[0].numel())
-    if teacher_topk is not None and n and int(teacher[1][index].max()) >= V:
-        raise ValueError(f"kd: cached teacher ids reach {int(teacher[1][index].max())} >= student vocabulary {V}")
+    if teacher_topk is not None and n:
+        top_id = max(int(teacher[i][index].max()) for i in ((1, 4) if len(teacher) == 5 else (1,)))
+        if top_id >= V:
+            raise ValueError(f"kd: cached teacher ids reach {top_id} >= student vocabulary {V}")
     acc = acc_dtype(student_logits.dtype)
     if n == 0:  # a zero that still sits on the student graph, so backward() works on an empty batch
         return (student_logits.sum() * 0).to(acc), 0

@@ -192,3 +192,43 @@ def topk_with_tail(logits: torch.Tensor, k: int, temperature: float = 1.0, chunk
         tails.append((torch.logsumexp(rest, dim=-1) - lse.squeeze(-1)).clamp(LOG_FLOOR, 0.0))
     return TopKTail(torch.cat(lps).reshape(*lead, k), torch.cat(ids).reshape(*lead, k),
                     torch.cat(tails).reshape(lead))
+
+
+class TopKSamples(NamedTuple):
+    """TopKTail plus tokens drawn from the teacher's tail: each sample j stands for the tail mass
+    exp(tail) / m spread with importance weight exp(tail - sample_logprob_j) / m per unit of its own
+    probability, so a sum over the tail of any per-token term f(p_j, q_j) is estimated without bias by
+    sum_s f(p_s, q_s) * exp(tail - lp_s) / m."""
+    logprobs: torch.Tensor  # [..., k]
+    ids: torch.Tensor  # [..., k]
+    tail: torch.Tensor  # [...]
+    sample_logprobs: torch.Tensor  # [..., m] the teacher's log p of each sampled id (same temperature)
+    sample_ids: torch.Tensor  # [..., m] ids drawn from p restricted to the tail, with replacement
+
+
+@torch.no_grad()
+def topk_with_samples(logits: torch.Tensor, k: int, samples: int, temperature: float = 1.0,
+                      generator: torch.Generator | None = None, chunk_size: int = 1024) -> TopKSamples:
+    """`topk_with_tail` plus `samples` ids per position drawn from softmax(logits / T) restricted to the
+    ids outside the top-k (a seeded `generator` on the logits' device makes the draw reproducible).
+    Where the tail is empty (k = V) the samples carry weight 0 (tail = LOG_FLOOR)."""
+    top = topk_with_tail(logits, k, temperature, chunk_size)
+    if samples < 0:
+        raise ValueError(f"topk_with_samples: samples must be >= 0, got {samples}")
+    V, lead = logits.shape[-1], logits.shape[:-1]
+    flat, top_ids = logits.reshape(-1, V), top.ids.reshape(-1, k)
+    acc = acc_dtype(logits.dtype)
+    lps, ids = [], []
+    for s in range(0, flat.shape[0], chunk_size):
+        rows = flat[s:s + chunk_size].to(acc) / temperature
+        lp = rows - torch.logsumexp(rows, dim=-1, keepdim=True)
+        if samples == 0 or k == V:
+            drawn = top_ids[s:s + chunk_size, :1].expand(-1, samples)
+        else:
+            tail_p = torch.softmax(rows.scatter(-1, top_ids[s:s + chunk_size], MASKED), dim=-1)
+            drawn = torch.multinomial(tail_p, samples, replacement=True, generator=generator)
+        ids.append(drawn)
+        lps.append(lp.gather(-1, drawn).clamp_min(LOG_FLOOR))
+    sample_ids = torch.cat(ids).reshape(*lead, samples) if ids else top.ids.new_zeros((*lead, samples))
+    sample_lp = torch.cat(lps).reshape(*lead, samples) if lps else top.logprobs.new_zeros((*lead, samples))
+    return TopKSamples(*top, sample_lp, sample_ids)

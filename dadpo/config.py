@@ -169,9 +169,15 @@ class TrainConfig:
     lora_r: Integer(ge=1) = 16
     gradient_checkpointing: Bool = False
     save_every: Integer(ge=0) = 0  # steps between checkpoints; 0 = only at the end
-    logit_chunk: Integer(ge=1) = 1024  # tokens per chunk for per-token log-probs
+    logit_chunk: Integer(ge=1) = 1024  # tokens per chunk for per-token log-probs (chunked / fused heads)
+    # pack a micro-batch's rows into one sequence (no padding); also for the frozen-model scores
+    packing: Bool = True
+    # token log-probs from the LM head (baselines.head): auto = liger on CUDA when installed, else chunked;
+    # methods that need full logits (KD) keep the logits path whatever this says
+    lm_head: Literal["auto", "liger", "fused", "chunked"] = "auto"
+    liger_chunk_mem_const: Integer(ge=1) = 32  # liger: transient logits ~ this x tokens x hidden size
     log_with: Literal["none", "tensorboard", "wandb"] = "none"  # experiment tracker, besides log.jsonl
-    optimizer: Literal["adamw", "adamw_8bit"] = "adamw"  # fused/foreach picked by the trainer
+    optimizer: Literal["adamw"] = "adamw"  # fused on CUDA, foreach elsewhere (picked by the trainer)
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -192,6 +198,9 @@ class ObjectiveConfig:
     jsd_lambda: Number(gt=0, lt=1) = 0.5  # JSD is 0 at both ends: no loss
     skew_alpha: Number(ge=0, lt=1) = 0.1  # skewed KL is 0 at alpha = 1: no loss
     top_k: Integer(ge=1) = 64  # teacher top-k cache for KD
+    # tail tokens sampled per position from the teacher beyond its top-k (importance-weighted, so the
+    # cached KD loss is unbiased; 0 = one merged tail bucket, a lower bound)
+    kd_tail_samples: Integer(ge=0) = 64
     token_kd_lambda: Number(ge=0) = 0.1  # extension: token-level daDPO
 
     @model_validator(mode="after")

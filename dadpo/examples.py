@@ -34,12 +34,12 @@ def attach_sequence_scores(examples: list[dict], scores: dict, prefix: str) -> N
 
 
 def attach_teacher_topk(examples: list[dict], cache: dict, answer: str = "chosen") -> dict:
-    """Add `kd` (chosen) / `kd_<answer>` = (logprobs, ids, tail) rows of a teacher_topk cache of that
-    answer of every example; returns its size (tokens, bytes)."""
+    """Add `kd` (chosen) / `kd_<answer>` = (logprobs, ids, tail[, sample_logprobs, sample_ids]) rows of a
+    teacher_topk cache of that answer of every example; returns its size (tokens, bytes)."""
     off = cache["offsets"].tolist()
     key = "kd" if answer == "chosen" else f"kd_{answer}"
+    fields = ("logprobs", "ids", "tail") + (("sample_logprobs", "sample_ids") if "sample_ids" in cache else ())
     for i, e in enumerate(examples):
         a, b = off[i], off[i + 1]
-        e[key] = (cache["logprobs"][a:b], cache["ids"][a:b], cache["tail"][a:b])
-    return {"tokens": int(off[-1]), "bytes": sum(int(cache[k].numel() * cache[k].element_size())
-                                                  for k in ("logprobs", "ids", "tail"))}
+        e[key] = tuple(cache[f][a:b] for f in fields)
+    return {"tokens": int(off[-1]), "bytes": sum(int(cache[k].numel() * cache[k].element_size()) for k in fields)}

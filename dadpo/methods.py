@@ -57,10 +57,11 @@ def frozen_scores(exs: list[dict], key: str, length_average: bool, device) -> to
 
 
 def teacher_topk(exs: list[dict], keys: tuple[str, ...], device) -> tuple[torch.Tensor, ...]:
-    """The cached teacher top-k rows of `exs`' answers, in the policy's token order, batched as [1, N, ...]."""
-    parts = [[e[k][i] for k in keys for e in exs] for i in range(3)]
-    return (torch.cat(parts[0]).float().to(device)[None], torch.cat(parts[1]).long().to(device)[None],
-            torch.cat(parts[2]).float().to(device)[None])
+    """The cached teacher top-k rows of `exs`' answers, in the policy's token order, batched as [1, N, ...]:
+    (logprobs, ids, tail) and, for a cache with tail samples, (sample_logprobs, sample_ids)."""
+    width = len(exs[0][keys[0]])
+    parts = [torch.cat([e[k][i] for k in keys for e in exs]).to(device)[None] for i in range(width)]
+    return tuple(x.long() if i in (1, 4) else x.float() for i, x in enumerate(parts))
 
 
 class Method:
@@ -107,7 +108,7 @@ class SFT(Method):
         return loss * lp.numel(), metrics
 
 
-_KD_FIELDS = ("divergence", "kd_temperature", "jsd_lambda", "skew_alpha", "top_k")
+_KD_FIELDS = ("divergence", "kd_temperature", "jsd_lambda", "skew_alpha", "top_k", "kd_tail_samples")
 
 
 class KD(Method):

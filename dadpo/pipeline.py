@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from baselines.head import pick_implementation
 from dadpo.cache import Cache, load_tensors, read_json, save_tensors, stable_hash, write_json
 from dadpo.chat import CHAT_TEMPLATES, check_tokenizers, encode_example
 from dadpo.config import ExperimentConfig
@@ -34,7 +35,7 @@ from dadpo.generation import Sampling, answer_lengths, cache_file, cached_answer
 from dadpo.methods import Method, build_method
 from dadpo.memory import PeakMemory
 from dadpo.modeling import device, fingerprint, load_model, load_tokenizer, pick_dtype, resolve
-from dadpo.precompute import score_key, sequence_logprobs, teacher_topk
+from dadpo.precompute import TOPK_FORMAT, score_key, sequence_logprobs, teacher_topk
 from dadpo.shapes import random_model_folder
 from dadpo.trainer import CheckpointError, Trainer
 
@@ -68,6 +69,15 @@ def _tokens(encoded: list[dict]) -> int:
 def _trainer_numerics() -> str:
     """How the trainer computes log-probs: fp32 weights, bf16 autocast on a GPU."""
     return "torch.float32+autocast-bf16" if torch.cuda.is_available() else "torch.float32"
+
+
+def _head(train) -> dict:
+    """The LM head implementation the trainer resolves to here, with its setting that can change numbers."""
+    head = pick_implementation(train.lm_head, device())
+    return {"head": head, **({"liger_chunk_mem_const": train.liger_chunk_mem_const} if head == "liger" else {})}
+
+
+KD_SAMPLE_SEED = 0  # the tail samples of the teacher's top-k cache: fixed, so the cache is reproducible
 
 
 class Pipeline:
@@ -235,15 +245,17 @@ class Pipeline:
         if what in ("ref", "te"):
             # in the trainer's numerics: these enter the margin beside the policy's, and at step 0 the
             # policy's log-probs must equal pi_ref's exactly (dDPO's first loss is then log 2)
-            enc = answers_of(examples)
-            key = score_key("seqlp", fp, enc, numerics=_trainer_numerics())
+            # packing and the head kernel change bf16 rounding: both enter the key
+            enc, head = answers_of(examples), _head(cfg.train)
+            key = score_key("seqlp", fp, enc, numerics=_trainer_numerics(), packing=cfg.train.packing, **head)
             path = self.cache.path("scores", key, ".safetensors", 24)
 
             def compute():
                 frozen = load_model(model_path, torch.float32, cfg.models.trust_remote_code)
                 with torch.autocast("cuda", torch.bfloat16, enabled=frozen.device.type == "cuda"):
                     out = sequence_logprobs(frozen, enc, tok.pad_token_id, cfg.generation.batch_size,
-                                            cfg.train.logit_chunk, desc=f"score {what}")
+                                            cfg.train.logit_chunk, desc=f"score {what}", packing=cfg.train.packing,
+                                            head=head["head"], liger_chunk_mem_const=cfg.train.liger_chunk_mem_const)
                 _free(frozen)
                 return out
 
@@ -253,13 +265,17 @@ class Pipeline:
         report = {}
         for answer in ("chosen", "rejected") if what == "topk2" else ("chosen",):
             enc = [e[answer] for e in examples]
-            key = score_key("topk", fp, enc, k=method.top_k, t=method.kd_temperature, vocab=len(tok), dtype=str(dtype))
+            key = score_key("topk", fp, enc, k=method.top_k, t=method.kd_temperature, vocab=len(tok), dtype=str(dtype),
+                            format=TOPK_FORMAT, tail_samples=method.kd_tail_samples, sample_seed=KD_SAMPLE_SEED,
+                            packing=cfg.train.packing)
             path = self.cache.path("scores", key, ".safetensors", 24)
 
             def compute():
                 frozen = load_model(model_path, dtype, cfg.models.trust_remote_code)
                 out = teacher_topk(frozen, enc, tok.pad_token_id, method.top_k, method.kd_temperature,
-                                   cfg.generation.batch_size, len(tok), desc=f"teacher top-{method.top_k} ({answer})")
+                                   cfg.generation.batch_size, len(tok), desc=f"teacher top-{method.top_k} ({answer})",
+                                   tail_samples=method.kd_tail_samples, seed=KD_SAMPLE_SEED,
+                                   packing=cfg.train.packing)
                 _free(frozen)
                 return out
 
@@ -286,7 +302,7 @@ class Pipeline:
         key = {"method": method.name, "init": self.fp(init_path), "rows": stable_hash(rows, 24),
                "train": {k: v for k, v in asdict(cfg.train).items() if k != "log_with"},  # a tracker changes no number
                "objective": method.settings, "seed": seed,
-               "needs": [(n, self.fp(p)) for n, p in needs], "score_numerics": "trainer"}
+               "needs": [(n, self.fp(p)) for n, p in needs], "score_numerics": "trainer", **_head(cfg.train)}
         out = self.cache.path("train", key)
         if not self._sealed(out / "model", out / "result.json"):
             with self.cache.lock(out):

@@ -1,30 +1,36 @@
 """Response-token scoring shared by training and precomputation.
 
 Only response tokens need log-probs, so the decoder runs once, the hidden states of response
-positions are selected, and the LM head is applied to those alone, in chunks: the full
-[batch, length, vocabulary] logits of a model never exist.
+positions are selected, and the LM head is applied to those alone (baselines.head: chunked, fused
+or liger-kernel): the full [batch, length, vocabulary] logits of a model never exist. Batches come
+padded (`attention_mask`) or packed (`position_ids` and `row`, dadpo.packing).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from dadpo.chat import pad_batch
-from baselines.numerics import hidden_to_token_logprobs
+from dadpo.packing import micro_batch
+from baselines.head import LIGER_CHUNK_MEM_CONST, head_logprobs
 
 
-def response_hidden(model, input_ids, attention_mask, response_mask):
+def response_hidden(model, input_ids, attention_mask, response_mask, position_ids=None, row=None):
     """Hidden states that predict response tokens: (h [N, H], labels [N], example index [N]).
 
     Token t is predicted by the hidden state at t-1; rows are in row-major order, so each
-    example's tokens are contiguous and in order (the top-k cache relies on this).
+    example's tokens are contiguous and in order (the top-k cache relies on this). A packed batch
+    (dadpo.packing.pack_rows) passes no attention mask, its `position_ids` and each position's `row`.
     """
     decoder = model.get_decoder()
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    # no KV cache: a cache would also switch off transformers' packed-sequence detection
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                     use_cache=False).last_hidden_state
     sel = response_mask[:, 1:].bool()
     h = hidden[:, :-1][sel]
     labels = input_ids[:, 1:][sel]
-    ex = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(sel)[sel]
+    if row is None:
+        row = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(input_ids)
+    ex = row[:, 1:][sel]
     return h, labels, ex
 
 
@@ -42,17 +48,21 @@ class ResponseScorer(nn.Module):
     synchronisation working under `accelerate launch`.
     """
 
-    def __init__(self, model, chunk_size: int = 1024):
+    def __init__(self, model, chunk_size: int = 1024, head: str = "chunked",
+                 liger_chunk_mem_const: int = LIGER_CHUNK_MEM_CONST):
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
+        self.head = head  # a resolved baselines.head implementation
+        self.liger_chunk_mem_const = liger_chunk_mem_const
 
-    def forward(self, input_ids, attention_mask, response_mask, want_logits: bool = False):
-        h, labels, ex = response_hidden(self.model, input_ids, attention_mask, response_mask)
+    def forward(self, input_ids, attention_mask=None, response_mask=None, want_logits: bool = False,
+                position_ids=None, row=None):
+        h, labels, ex = response_hidden(self.model, input_ids, attention_mask, response_mask, position_ids, row)
         head = self.model.get_output_embeddings()
         if want_logits:
             return head(h), labels, ex
-        lp = hidden_to_token_logprobs(h[None], head.weight, labels[None], self.chunk_size, bias=head.bias)[0]
+        lp = head_logprobs(self.head, h, head.weight, labels, self.chunk_size, head.bias, self.liger_chunk_mem_const)
         return lp, labels, ex
 
 
@@ -62,6 +72,6 @@ def batches_by_length(encoded: list[dict], batch_size: int):
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def collate(encoded: list[dict], idx: list[int], pad_id: int, on) -> dict:
-    b = pad_batch([encoded[i] for i in idx], pad_id)
+def collate(encoded: list[dict], idx: list[int], pad_id: int, on, packing: bool = False) -> dict:
+    b = micro_batch([encoded[i] for i in idx], pad_id, packing)
     return {k: v.to(on) for k, v in b.items()}

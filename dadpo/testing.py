@@ -79,10 +79,11 @@ def attach_scores(examples: list[dict], model, pad_id: int, prefix: str) -> None
     attach_sequence_scores(examples, sequence_logprobs(model, answers_of(examples), pad_id), prefix)
 
 
-def attach_topk(examples: list[dict], teacher, pad_id: int, k: int, answers=("chosen",)) -> None:
-    """Tests: the teacher's top-k cache of each answer attached (`kd`, `kd_rejected`)."""
+def attach_topk(examples: list[dict], teacher, pad_id: int, k: int, answers=("chosen",), samples: int = 0) -> None:
+    """Tests: the teacher's top-k cache (with `samples` tail samples) of each answer attached (`kd`, `kd_rejected`)."""
     from dadpo.examples import attach_teacher_topk
     from dadpo.precompute import teacher_topk
 
     for a in answers:
-        attach_teacher_topk(examples, teacher_topk(teacher, [e[a] for e in examples], pad_id, k), a)
+        attach_teacher_topk(examples, teacher_topk(teacher, [e[a] for e in examples], pad_id, k,
+                                                   tail_samples=samples), a)

@@ -10,6 +10,9 @@ family) in the whole global batch, counted before the step; so 1 x 4 accumulatio
 processes with half the accumulation all give the same update. The data order is a seeded
 permutation per epoch, so a resumed run sees the same batches as an uninterrupted one.
 
+A micro-batch's rows are packed into one sequence without padding (train.packing, dadpo.packing)
+and token log-probs come from the LM head implementation train.lm_head resolves to (baselines.head).
+
 Progress: a bar per run (step, loss, tokens/s, ETA) on the main process; every step's record goes to
 `log.jsonl` and, with `train.log_with`, to accelerate's tracker (TensorBoard under `<out_dir>/trackers`,
 or Weights & Biases). On a GPU (bf16 mixed precision) the trained model is saved in bf16: half the
@@ -33,11 +36,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from baselines.head import pick_implementation
 from dadpo.cache import atomic_dir, atomic_write_text, file_sha256, share_modes
-from dadpo.chat import pad_batch
 from dadpo.config import TrainConfig
 from dadpo.memory import PeakMemory
 from dadpo.methods import Method, PolicyOutputs
+from dadpo.packing import micro_batch, real_tokens
 from dadpo.scoring import ResponseScorer
 
 
@@ -118,7 +122,8 @@ class Trainer:
     Examples (dicts): every method has "chosen" = {"input_ids", "response_mask"} (the teacher's
     answer); the DPO family adds "rejected" and the frozen sequence log-probs "ref_chosen",
     "ref_rejected", "te_chosen", "te_rejected" (summed, with "*_count" token counts); KD adds
-    "kd" = (logprobs [n, k], ids [n, k], tail [n]) of the teacher's top-k for chosen's tokens.
+    "kd" = (logprobs [n, k], ids [n, k], tail [n][, sample_logprobs [n, m], sample_ids [n, m]]) of the
+    teacher's top-k (and tail samples) for chosen's tokens.
     """
 
     def __init__(self, model, tokenizer, method: Method, train_cfg: TrainConfig, out_dir: str | Path,
@@ -154,9 +159,12 @@ class Trainer:
         self.tokenizer = tokenizer
         params = [p for p in model.parameters() if p.requires_grad]
         lr = train_cfg.sft_lr if method.sft_schedule else train_cfg.lr
-        fused = {"fused": True} if self.acc.device.type == "cuda" else {}  # one kernel for all parameters
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=train_cfg.weight_decay, **fused)
-        self.scorer, self.opt = self.acc.prepare(ResponseScorer(model, train_cfg.logit_chunk), opt)
+        # one kernel for all parameters on CUDA; elsewhere one op per step over the parameter list
+        kernel = {"fused": True} if self.acc.device.type == "cuda" else {"foreach": True}
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=train_cfg.weight_decay, **kernel)
+        self.head = pick_implementation(train_cfg.lm_head, self.acc.device)
+        scorer = ResponseScorer(model, train_cfg.logit_chunk, self.head, train_cfg.liger_chunk_mem_const)
+        self.scorer, self.opt = self.acc.prepare(scorer, opt)
         self.scheduler = None  # set by train(); step() works without one (the benchmark)
 
     def _configure_deepspeed(self, train_cfg: TrainConfig) -> None:
@@ -176,13 +184,14 @@ class Trainer:
     def loss_sum(self, exs: list[dict]):
         """(sum of the loss over this micro-batch's units, metrics, tokens seen) for examples `exs`."""
         rows = [e[a] for a in self.method.answers for e in exs]
-        b = {k: v.to(self.acc.device) for k, v in pad_batch(rows, self.tokenizer.pad_token_id).items()}
-        values, labels, row = self.scorer(b["input_ids"], b["attention_mask"], b["response_mask"],
+        b = micro_batch(rows, self.tokenizer.pad_token_id, self.cfg.packing)
+        ntok = real_tokens(b)
+        values, labels, row = self.scorer(**{k: v.to(self.acc.device) for k, v in b.items()},
                                           want_logits=self.method.wants_logits)
         out = (PolicyOutputs(labels, row, len(rows), logits=values) if self.method.wants_logits
                else PolicyOutputs(labels, row, len(rows), lp=values))
         loss, metrics = self.method.loss(out, exs)
-        return loss, metrics, int(b["attention_mask"].sum())
+        return loss, metrics, ntok
 
     # --- one optimizer step ----------------------------------------------------------------
     def step(self, batch: list[dict]) -> dict:

@@ -122,6 +122,9 @@ def test_kd_full_matches_trl_and_topk_error_shrinks(tok, tmp_path):
     assert errs[V] < 5e-3 and errs[4] > errs[64]  # k = V: only the cache's fp16 rounding is left
     assert abs(res[V][2] - full) / full < 1e-5  # ... and with fp32 log-probs nothing
     assert {k: v[1] for k, v in res.items()} == {k: 6 * k + 4 for k in (4, 64, V)}
+    # format 2 (64 tail samples): 6 more bytes a sample, and closer to the full loss than format 1 at k=4
+    assert {k: v[4] for k, v in res.items()} == {k: 6 * k + 4 + 6 * 64 for k in (4, 64, V)}
+    assert abs(res[4][3] - full) < abs(res[4][0] - full) and abs(res[V][3] - full) / full < 5e-3
     kd = trl_adapters.TrlKD(student, teacher, tok, torch.device("cpu"), tmp_path, lr=1e-3)
     before = kd.step(exs)
     assert before > 0 and kd.loss(exs) < before  # TRL's KD step runs and moves the student to the teacher
@@ -137,7 +140,8 @@ def test_train_stage_rows_for_every_implementation(tok, tmp_path, one_thread):
     attach_topk(exs, teacher, tok.pad_token_id, 8)
     sink = rows.Sink("tiny-test", torch.device("cpu"), "cpu", "", peak_tflops=1.0, bw_gbs=1.0)
     got = train.bench_train(sink, student, tok, exs, batch=2, warmup=1, rounds=2, workdir=tmp_path, teacher=teacher)
-    assert set(got) == {"sft", "ddpo", "dadpo", "kd", "trl_dpo", "trl_kd"}, [r.get("notes") for r in sink.rows]
+    assert set(got) == {"sft", "ddpo", "dadpo", "kd", "ddpo_padded", "dadpo_padded", "trl_dpo", "trl_kd"}, [
+        r.get("notes") for r in sink.rows]
     for name in got:
         assert len(got[name]["round_s"]) == 2 and all(t > 0 for t in got[name]["round_s"])
         r = sink.find("train", name)
@@ -146,6 +150,9 @@ def test_train_stage_rows_for_every_implementation(tok, tmp_path, one_thread):
     assert sink.find("train", "ddpo")["ratio_of"].startswith("tokens/s over trl_dpo")
     assert sink.find("train", "kd")["ratio"] > 0
     assert sink.find("train", "dadpo_over_ddpo")["ratio"] > 0
+    assert "[packing=on, lm_head=chunked]" in sink.find("train", "ddpo")["notes"]
+    assert "[packing=off (padded), lm_head=chunked]" in sink.find("train", "ddpo_padded")["notes"]
+    assert sink.find("train", "ddpo_over_ddpo_padded")["ratio"] > 0
     ddpo_pairs = sum(len(e[a]["input_ids"]) for e in exs for a in ("chosen", "rejected")) / 2
     assert sink.find("train", "ddpo")["tokens_per_step"] == round(ddpo_pairs)
 

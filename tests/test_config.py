@@ -64,7 +64,10 @@ def test_non_finite_numbers_are_errors(key, value):
     ("models.init=zeros", "models.init: must be 'pretrained' or 'random', got 'zeros'"),
     ("generation.backend=vllm", "generation.backend: must be 'auto', 'eager' or 'static'"),
     ("train.log_with=mlflow", "train.log_with: must be 'none', 'tensorboard' or 'wandb'"),
-    ("train.optimizer=sgd", "train.optimizer: must be 'adamw' or 'adamw_8bit'"),
+    ("train.optimizer=adamw_8bit", "train.optimizer: must be 'adamw'"),
+    ("train.lm_head=triton", "train.lm_head: must be 'auto', 'liger', 'fused' or 'chunked'"),
+    ("train.packing=1", "train.packing: must be true or false, got 1"),
+    ("objective.kd_tail_samples=-1", "objective.kd_tail_samples: must be >= 0, got -1"),
     ("seeds=[0,1,0]", "seeds: 0 is listed twice"),
     ("seeds=[1,x]", "seeds[1]: must be an integer, got 'x'"),
     ("scale=huge", "scale: must be 'smoke', 'default', 'gpu', 'paper' or 'custom'"),
@@ -116,8 +119,10 @@ def test_new_keys_and_their_defaults():
     cfg = ExperimentConfig()
     assert (cfg.seeds, cfg.models.init, cfg.generation.backend, cfg.train.log_with, cfg.train.optimizer) == (
         [], "pretrained", "auto", "none", "adamw")
+    assert (cfg.train.packing, cfg.train.lm_head, cfg.train.liger_chunk_mem_const, cfg.objective.kd_tail_samples) == (
+        True, "auto", 32, 64)
     assert (cfg.eval.api_timeout, cfg.eval.api_max_attempts, cfg.eval.bootstrap) == (60.0, 6, 1000)
-    cfg = load("seeds=[0, 1, 2]", "models.init=random", "generation.backend=static", "train.optimizer=adamw_8bit",
+    cfg = load("seeds=[0, 1, 2]", "models.init=random", "generation.backend=static", "train.lm_head=fused",
                "train.log_with=tensorboard", "eval.api_timeout=5", "eval.api_max_attempts=1")
     assert cfg.seeds == [0, 1, 2] and cfg.models.init == "random" and cfg.eval.api_timeout == 5.0
     assert cfg.fingerprint() != load().fingerprint()

@@ -226,3 +226,67 @@ def test_kd_keeps_no_vocab_sized_tensors_for_backward():
         assert sum(seen.values()) < B * T * V  # chunks are recomputed in backward, not stored
         loss.backward()
         assert torch.isfinite(s.grad.float()).all()
+
+
+def _peaked(V=3000, T=128, seed=11):
+    g = torch.Generator().manual_seed(seed)
+    t = 2.0 * torch.randn(1, T, V, generator=g, dtype=torch.float64)
+    t[..., :20] += torch.linspace(8.0, 3.0, 20, dtype=torch.float64)  # a peaked head, a long tail
+    s = t + 1.0 * torch.randn(1, T, V, generator=g, dtype=torch.float64)
+    return s, t, torch.ones(1, T, dtype=torch.bool)
+
+
+@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", "jsd"])
+def test_tail_samples_estimate_is_unbiased(divergence):
+    """Mean over sampling seeds of the k + samples cache loss == the full-vocabulary loss, while the
+    k + 1-bucket cache stays below it (a lower bound)."""
+    from baselines.numerics import topk_with_samples
+
+    s, t, mask = _peaked(V=400, T=6)
+    full = kd_loss(s, mask, divergence, teacher_logits=t)[0].item()
+    est = [kd_loss(s, mask, divergence, teacher_topk=topk_with_samples(
+        t, 4, 8, generator=torch.Generator().manual_seed(seed)))[0].item() for seed in range(300)]
+    mean = sum(est) / len(est)
+    sem = (sum((x - mean) ** 2 for x in est) / (len(est) - 1) / len(est)) ** 0.5
+    assert abs(mean - full) < 4 * sem + 1e-9 * full, (mean, full, sem)
+    bucket = kd_loss(s, mask, divergence, teacher_topk=topk_with_tail(t, 4))[0].item()
+    assert bucket < full and abs(mean - full) < (full - bucket) / 5
+
+
+def test_tail_samples_error_at_k64_is_below_one_percent():
+    from baselines.numerics import topk_with_samples
+
+    s, t, mask = _peaked()
+    full = kd_loss(s, mask, teacher_logits=t)[0].item()
+    cache = topk_with_samples(t, 64, 64, generator=torch.Generator().manual_seed(0))
+    sampled = kd_loss(s, mask, teacher_topk=cache)[0].item()
+    bucket = kd_loss(s, mask, teacher_topk=cache[:3])[0].item()
+    assert abs(sampled - full) / full < 0.01
+    assert abs(bucket - full) / full > 3 * abs(sampled - full) / full  # the samples are what closes the gap
+    # samples carry no weight where the tail is empty (k = V): exact
+    V = t.shape[-1]
+    exact = kd_loss(s, mask, teacher_topk=topk_with_samples(t, V, 8))[0].item()
+    assert abs(exact - full) < 1e-9 * full
+    with pytest.raises(ValueError, match="sample"):
+        kd_loss(s, mask, teacher_topk=(*cache[:3], cache[3][..., :2], cache[4]))
+
+
+def test_training_on_a_sampled_cache_lowers_the_cached_loss(tok, tmp_path):
+    """The trainer reads the format-2 cache (tail samples) and its KD loss falls over a few steps."""
+    from dadpo.config import ObjectiveConfig, TrainConfig
+    from dadpo.examples import encode_rows
+    from dadpo.methods import build_method
+    from dadpo.testing import attach_topk, tiny_llama
+    from dadpo.trainer import Trainer
+
+    rows = [{"id": str(i), "prompt": p, "chosen": c} for i, (p, c) in enumerate(
+        [("Hi", "Hello, how are you today?"), ("Capital?", "Paris is the capital."),
+         ("Poem", "The sea and the sky."), ("Sleep", "Routine, darkness, less caffeine.")])]
+    ex = encode_rows(tok, rows, max_len=64, max_prompt_tokens=32)
+    attach_topk(ex, tiny_llama(tok, seed=7, layers=2), tok.pad_token_id, k=8, samples=8)
+    assert len(ex[0]["kd"]) == 5 and ex[0]["kd"][4].shape[-1] == 8
+    cfg = TrainConfig(per_device_batch=4, global_batch=4, lr=3e-3, epochs=6, warmup_ratio=0.0)
+    method = build_method("kd", ObjectiveConfig(top_k=8, kd_tail_samples=8))
+    assert method.settings["kd_tail_samples"] == 8
+    losses = [r["loss"] for r in Trainer(tiny_llama(tok, seed=11), tok, method, cfg, tmp_path).train(ex).log]
+    assert len(losses) == 6 and losses[-1] < 0.9 * losses[0]

@@ -18,7 +18,8 @@ ALLOWED = {
     "evals": {"dadpo": {"dadpo.cache", "dadpo.modeling", "dadpo.assets", "dadpo.data", "dadpo.config"}},
     "reproduce": {"dadpo": None, "evals": None, "baselines": None},
 }
-THIRD_PARTY_IN_BASELINES = {"torch", "typing", "math", "__future__", "dataclasses"}
+# liger_kernel: the optional fused LM-head kernels (baselines.head), torch underneath, imported on use
+THIRD_PARTY_IN_BASELINES = {"torch", "typing", "math", "__future__", "dataclasses", "liger_kernel"}
 
 
 def modules():

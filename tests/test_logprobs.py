@@ -163,3 +163,78 @@ def test_memory_discipline_no_vocab_sized_saved_tensors():
     hidden, weight = torch.randn(B, T, H, requires_grad=True), torch.randn(V, H, requires_grad=True)
     saved = _saved_bytes(lambda: hidden_to_token_logprobs(hidden, weight, labels, 16), hidden, weight, labels)
     assert saved < B * T * (H + 4) * 8  # chunk inputs only; no [*, V] logits kept for backward
+
+
+def _head_case(dtype=torch.float64, N=37, H=8, V=53, seed=4, bias=True):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(N, H, generator=g, dtype=dtype)
+    w = torch.randn(V, H, generator=g, dtype=dtype)
+    b = torch.randn(V, generator=g, dtype=dtype) if bias else None
+    return h, w, b, torch.randint(0, V, (N,), generator=g)
+
+
+@pytest.mark.parametrize("implementation", ["chunked", "fused"])
+@pytest.mark.parametrize("chunk", [1, 5, 1024])
+def test_head_implementations_match_full_logits_log_softmax(implementation, chunk):
+    from baselines.head import head_logprobs
+
+    h, w, b, y = _head_case()
+    ins = [t.clone().requires_grad_(True) for t in (h, w, b)]
+    out = head_logprobs(implementation, ins[0], ins[1], y, chunk, bias=ins[2])
+    ref_ins = [t.clone().requires_grad_(True) for t in (h, w, b)]
+    ref = torch.log_softmax(ref_ins[0] @ ref_ins[1].T + ref_ins[2], -1).gather(-1, y[:, None]).squeeze(-1)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    g = torch.randn(y.shape, dtype=torch.float64)  # per-token weights, as a DPO margin gives
+    grads = torch.autograd.grad((out * g).sum(), ins)
+    ref_grads = torch.autograd.grad((ref * g).sum(), ref_ins)
+    for a, r in zip(grads, ref_grads):
+        torch.testing.assert_close(a, r, rtol=0, atol=1e-10)
+
+
+def test_fused_head_gradcheck_without_bias_and_float32():
+    from baselines.head import head_logprobs
+
+    h, w, _, y = _head_case(N=6, H=3, V=7, bias=False)
+    h.requires_grad_(True)
+    w.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, b: head_logprobs("fused", a, b, y, 4), (h, w))
+    h32, w32 = h.detach().float(), w.detach().float()
+    out = head_logprobs("fused", h32, w32, y, 2)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), head_logprobs("chunked", h.detach(), w.detach(), y), rtol=0, atol=1e-5)
+
+
+def test_pick_implementation(monkeypatch):
+    import baselines.head as head
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(head, "liger_available", lambda: True)
+    assert head.pick_implementation("auto", cuda) == "liger"
+    assert head.pick_implementation("auto", cpu) == "chunked"  # liger's Triton kernels need CUDA
+    assert head.pick_implementation("fused", cuda) == "fused" and head.pick_implementation("chunked", cpu) == "chunked"
+    with pytest.raises(ValueError, match="needs CUDA"):
+        head.pick_implementation("liger", cpu)
+    monkeypatch.setattr(head, "liger_available", lambda: False)
+    assert head.pick_implementation("auto", cuda) == "chunked"
+    with pytest.raises(ValueError, match="liger-kernel"):
+        head.pick_implementation("liger", cuda)
+    with pytest.raises(ValueError, match="unknown"):
+        head.pick_implementation("triton", cpu)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="liger-kernel runs Triton kernels: CUDA only")
+def test_liger_head_matches_chunked_on_cuda():
+    """Skipped without CUDA (liger-kernel's Triton kernels); needs liger-kernel (the `fast` extra)."""
+    pytest.importorskip("liger_kernel")
+    from baselines.head import head_logprobs
+
+    h, w, b, y = _head_case(dtype=torch.float32, N=300, H=64, V=5000)
+    got = {}
+    for impl in ("chunked", "liger"):
+        ins = [t.cuda().requires_grad_(True) for t in (h, w, b)]
+        out = head_logprobs(impl, ins[0], ins[1], y.cuda(), 128, bias=ins[2])
+        g = torch.linspace(-1, 1, y.numel(), device="cuda")
+        got[impl] = (out, torch.autograd.grad((out * g).sum(), ins))
+    torch.testing.assert_close(got["liger"][0], got["chunked"][0], rtol=0, atol=1e-4)
+    for a, r in zip(got["liger"][1], got["chunked"][1]):
+        torch.testing.assert_close(a, r, rtol=1e-3, atol=1e-4)

@@ -118,7 +118,7 @@ def run_cpu(args, partial_csv: Path | None) -> tuple[list[dict], dict]:
     from dadpo.chat import encode_prompt
     from dadpo.data import load_in_domain
     from dadpo.examples import encode_rows
-    from dadpo.generation import Sampling, cache_file, generate
+    from dadpo.generation import Sampling, generate
     from dadpo.modeling import fingerprint, load_model, load_tokenizer
 
     dev, t0, stages = torch.device("cpu"), time.perf_counter(), set(args.stages)
@@ -136,8 +136,8 @@ def run_cpu(args, partial_csv: Path | None) -> tuple[list[dict], dict]:
     # real pairs: the teacher's answer (chosen) and the pruned student's (rejected); cached by the suite
     n, cache = args.pairs, Cache.default()
     samp = Sampling(max_new_tokens=CPU_ANSWER_TOKENS, max_prompt_tokens=CPU_PROMPT_TOKENS, seed=0)
-    chosen, _ = generate(t16, tok, prompts[:n], samp, cache_file(cache, tfp, tok, samp), n, "teacher answers")
-    rejected, _ = generate(s16, tok, prompts[:n], samp, cache_file(cache, sfp, tok, samp), n, "student answers")
+    chosen, _ = generate(t16, tok, prompts[:n], samp, tfp, cache=cache, batch_size=n, desc="teacher answers")
+    rejected, _ = generate(s16, tok, prompts[:n], samp, sfp, cache=cache, batch_size=n, desc="student answers")
     exs = encode_rows(tok, [{"id": str(i), "prompt": p, "chosen": c, "rejected": r}
                             for i, (p, c, r) in enumerate(zip(prompts[:n], chosen, rejected))],
                       CPU_PROMPT_TOKENS + CPU_ANSWER_TOKENS + 8, CPU_PROMPT_TOKENS)

@@ -2,7 +2,9 @@
 
 The forward KL(teacher || student) over the full vocabulary on the chosen answers' response tokens
 (baselines.kd.kd_loss), TRL's forward KL on the same logits (GKDTrainer.generalized_jsd_loss,
-beta=0), and ours again from a top-k + tail cache stored as dadpo.precompute.teacher_topk stores it.
+beta=0), and ours again from a top-k + tail cache stored as dadpo.precompute.teacher_topk stores it:
+format 1 (k log-probs + one merged tail bucket, a lower bound) and format 2, the default (the same plus
+`samples` ids drawn from the teacher's tail, importance-weighted: an unbiased estimate).
 """
 from __future__ import annotations
 
@@ -12,11 +14,13 @@ from reproduce.bench.measure import autocast
 from reproduce.bench.rows import Sink
 
 
-def kd_full_and_trl(student, teacher, exs: list[dict], pad_id: int, dev: torch.device, ks=(), batch: int = 4):
-    """(full-vocabulary loss, TRL's or None if TRL is missing, {k: (loss from the cache, bytes per token,
-    loss from an fp32 cache)}, response tokens)."""
+def kd_full_and_trl(student, teacher, exs: list[dict], pad_id: int, dev: torch.device, ks=(), batch: int = 4,
+                    samples: int = 64, seed: int = 0):
+    """(full-vocabulary loss, TRL's or None if TRL is missing, {k: (loss from the format-1 cache, its bytes
+    per token, loss from an fp32 format-1 cache, loss from the format-2 cache with `samples` tail samples,
+    its bytes per token)}, response tokens)."""
     from baselines.kd import kd_loss
-    from baselines.numerics import topk_with_tail
+    from baselines.numerics import topk_with_samples
     from dadpo.chat import pad_batch
     from dadpo.scoring import response_hidden
 
@@ -41,31 +45,41 @@ def kd_full_and_trl(student, teacher, exs: list[dict], pad_id: int, dev: torch.d
         trl = None
     out = {}
     for k in ks:
-        lp, ids, tail = topk_with_tail(t_logits, k)
-        cache = (lp.half(), ids.int(), tail.float())  # dadpo.precompute.teacher_topk's storage
-        nbytes = sum(t.element_size() * t[0].numel() for t in cache)
-        lk = kd_loss(s_logits[None], mask, "forward_kl",
-                     teacher_topk=(cache[0].float()[None], cache[1].long()[None], cache[2][None]))[0]
+        top = topk_with_samples(t_logits, k, samples, generator=torch.Generator(device=dev).manual_seed(seed))
+        lp, ids, tail = top[:3]
+        # dadpo.precompute.teacher_topk's storage
+        cache = (lp.half(), ids.int(), tail.float(), top.sample_logprobs.half(), top.sample_ids.int())
+        nbytes = [sum(t.element_size() * t[0].numel() for t in cache[:n]) for n in (3, 5)]
+        read = [t.float()[None] if t.is_floating_point() else t.long()[None] for t in cache]
+        lk = kd_loss(s_logits[None], mask, "forward_kl", teacher_topk=read[:3])[0]
         l32 = kd_loss(s_logits[None], mask, "forward_kl", teacher_topk=(lp[None], ids[None], tail[None]))[0]
-        out[k] = (float(lk), nbytes, float(l32))
+        ls = kd_loss(s_logits[None], mask, "forward_kl", teacher_topk=read)[0]
+        out[k] = (float(lk), nbytes[0], float(l32), float(ls), nbytes[1])
     return full, trl, out, int(hs.shape[0])
 
 
 def bench_kd_topk(sink: Sink, student, teacher, exs: list[dict], pad_id: int, ks=(8, 32, 64, 256),
-                  model: str = "") -> None:
-    full, trl, res, n = kd_full_and_trl(student, teacher, exs, pad_id, sink.dev, ks)
+                  model: str = "", samples: int = 64) -> None:
+    full, trl, res, n = kd_full_and_trl(student, teacher, exs, pad_id, sink.dev, ks, samples=samples)
     V = student.get_output_embeddings().weight.shape[0]
     sink.add(stage="kd_topk", implementation="full_vocab", model=model, k=V, bytes_per_token=2 * V, loss=full,
              parity_abs_diff=None if trl is None else abs(full - trl), tokens_per_step=n,
              notes=f"forward KL(teacher || student), mean over {n} response tokens of real teacher answers; full "
                    f"distribution stored as fp16 = 2V bytes; TRL GKDTrainer.generalized_jsd_loss(beta=0) = {trl}")
-    for k, (lk, nb, l32) in res.items():
+    for k, (lk, nb, l32, ls, nbs) in res.items():
         sink.add(stage="kd_topk", implementation=f"topk:k={k}", model=model, k=k, bytes_per_token=nb, loss=lk,
                  kd_rel_err=abs(lk - full) / full, ratio=nb / (2 * V), ratio_of="bytes/token over full fp16",
                  tokens_per_step=n,
-                 notes=f"cache = fp16 log-probs + int32 ids + fp32 tail (6k+4 B); signed error {(lk - full) / full:+.4%}, "
+                 notes=f"format 1: fp16 log-probs + int32 ids + fp32 tail (6k+4 B); signed error {(lk - full) / full:+.4%}, "
                        f"{(l32 - full) / full:+.4%} with fp32 log-probs (the k+1-bucket divergence is a lower "
-                       f"bound; fp16 rounding adds the rest); target |err| <= 1% at k=64")
+                       f"bound; fp16 rounding adds the rest)")
+        if samples:
+            sink.add(stage="kd_topk", implementation=f"topk:k={k}+{samples}", model=model, k=k, bytes_per_token=nbs,
+                     loss=ls, kd_rel_err=abs(ls - full) / full, ratio=nbs / (2 * V),
+                     ratio_of="bytes/token over full fp16", tokens_per_step=n,
+                     notes=f"format 2 (the default cache): format 1 + {samples} ids sampled from the teacher's tail "
+                           f"(fp16 log-prob + int32 id each, 6k+4+6m B), importance-weighted, seed 0; signed error "
+                           f"{(ls - full) / full:+.4%}; target |err| <= 1% at <= 2% of full storage")
 
 
 def bench_kd_parity(sink: Sink, student, teacher, exs: list[dict], pad_id: int, label: str = "") -> None:

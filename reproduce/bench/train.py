@@ -7,6 +7,11 @@ weights, and so the other implementations' losses, in place. Implementations are
 interleaved rounds (each round one step of each on the same batch, the order rotating), so load
 drift on a shared machine hits all alike; figures are medians over rounds, ratios medians of
 per-round ratios.
+
+`ddpo` / `dadpo` run the trainer's defaults (rows packed without padding, the LM head that train.lm_head
+"auto" resolves to here); `ddpo_padded` / `dadpo_padded` the path before packing and the head choice
+(right-padded rows, the chunked head), on the same batches, so the speed-up is measured in one process.
+Each row's notes name the packing and head it ran with.
 """
 from __future__ import annotations
 
@@ -23,12 +28,17 @@ from reproduce.bench.trl_adapters import TrlDPO, TrlKD
 
 LR = 1e-9
 BETA = 0.1
-PAIRED = ("ddpo", "dadpo", "trl_dpo")  # train on (chosen, rejected) pairs; the others on chosen answers
-RATIOS = (("ddpo", "trl_dpo"), ("dadpo", "trl_dpo"), ("kd", "trl_kd"))
+PAIRED = ("ddpo", "dadpo", "trl_dpo", "ddpo_padded", "dadpo_padded")  # (chosen, rejected) pairs; others chosen only
+RATIOS = (("ddpo", "trl_dpo"), ("dadpo", "trl_dpo"), ("kd", "trl_kd"), ("ddpo_padded", "trl_dpo"),
+          ("dadpo_padded", "trl_dpo"))
+SPEEDUPS = (("ddpo", "ddpo_padded"), ("dadpo", "dadpo_padded"))  # the new path over the old, per round
+PADDED = dict(packing=False, lm_head="chunked")  # the trainer's path before packing and the head choice
 WHAT = {
     "sft": "suite Trainer.step, SFT on chosen answers",
-    "ddpo": "suite Trainer.step, dDPO (chosen+rejected in one padded forward, response-only LM head)",
+    "ddpo": "suite Trainer.step, dDPO (chosen+rejected in one forward, response-only LM head)",
     "dadpo": "suite Trainer.step, daDPO (precomputed pi_ref and pi_te sequence log-probs)",
+    "ddpo_padded": "suite Trainer.step, dDPO on the pre-packing path (right-padded rows, chunked head)",
+    "dadpo_padded": "suite Trainer.step, daDPO on the pre-packing path (right-padded rows, chunked head)",
     "kd": "suite Trainer.step, KD forward KL from the cached teacher top-64 + tail",
     "trl_dpo": "TRL DPOTrainer: its collator + compute_loss (fused LM head), backward, clip, its optimizer; "
                "precompute_ref_log_probs=True",
@@ -57,6 +67,10 @@ class Ours:
     def step(self, exs: list[dict]) -> float:
         return self.trainer.step(exs)["loss"]
 
+    def describe(self) -> str:
+        tr = self.trainer
+        return f"packing={'on' if tr.cfg.packing else 'off (padded)'}, lm_head={tr.head}"
+
     def release(self) -> None:
         self.trainer = None
 
@@ -66,6 +80,8 @@ def make_stepper(name: str, student, teacher, tokenizer, batch: int, dev: torch.
         return TrlDPO(student, tokenizer, dev, workdir, BETA, LR)
     if name == "trl_kd":
         return TrlKD(student, teacher, tokenizer, dev, workdir, LR)
+    if name.endswith("_padded"):
+        return Ours(make_trainer(student, tokenizer, name[:-len("_padded")], batch, dev, Path(workdir) / name, **PADDED))
     return Ours(make_trainer(student, tokenizer, name, batch, dev, workdir))
 
 
@@ -80,7 +96,8 @@ def _free(dev: torch.device) -> None:
 
 
 def bench_train(sink: Sink, student, tokenizer, exs: list[dict], batch: int, warmup: int, rounds: int,
-                workdir: Path, methods=("sft", "ddpo", "dadpo", "kd", "trl_dpo", "trl_kd"), teacher=None,
+                workdir: Path, methods=("sft", "ddpo", "dadpo", "kd", "ddpo_padded", "dadpo_padded", "trl_dpo", "trl_kd"),
+                teacher=None,
                 label: str = "", interleave: bool = True, budget: Budget | None = None) -> dict:
     """Rows for each implementation in `methods` (+ `label`), their ratios and daDPO / dDPO; returns
     {name: {"tokens_per_s": median, "round_s": step seconds per round (None: no step)}} for provenance."""
@@ -88,7 +105,7 @@ def bench_train(sink: Sink, student, tokenizer, exs: list[dict], batch: int, war
     batches = [exs[i:i + batch] for i in range(0, len(exs) - batch + 1, batch)][:max(1, rounds)]
     shape, tshape = shape_of(student), (shape_of(teacher) if teacher is not None else None)
     student.train()
-    live, peak_mb, errors = {}, {}, {}
+    live, peak_mb, errors, described = {}, {}, {}, {}
     timings: dict = {n: [] for n in methods}  # per round: (seconds, tokens, flops, loss) or None
 
     def start(name):
@@ -98,6 +115,7 @@ def bench_train(sink: Sink, student, tokenizer, exs: list[dict], batch: int, war
                 for i in range(warmup):
                     s.step(batches[i % len(batches)])
             live[name] = s
+            described[name] = s.describe() if hasattr(s, "describe") else ""
             peak_mb[name] = pm.added_mb + model_bytes(student, *([teacher] if name == "trl_kd" else [])) / 2 ** 20
         except Exception as e:  # OOM, TRL missing or refusing: a row that says so, then the next one
             errors[name] = _error(e)
@@ -168,7 +186,8 @@ def bench_train(sink: Sink, student, tokenizer, exs: list[dict], batch: int, war
                  step_ms=1e3 * statistics.median(dt for dt, _, _, _ in done), tokens_per_s=tps[name],
                  peak_mem_mb=peak_mb[name], tflops=tflops, mfu=tflops / sink.peak_tflops,
                  loss=statistics.mean(loss for _, _, _, loss in done),
-                 notes=f"{WHAT[name]}; {batch} {'pairs' if name in PAIRED else 'chosen answers'}/step; {warmup} "
+                 notes=f"{WHAT[name]}" + (f" [{described[name]}]" if described.get(name) else "") +
+                       f"; {batch} {'pairs' if name in PAIRED else 'chosen answers'}/step; {warmup} "
                        f"warm-up + {len(done)} timed steps ({how}); medians over timed steps; step = forward+"
                        f"backward+clip+AdamW; peak = memory added by building and warming it up + resident weights "
                        f"it uses" + (f"; {errors[name]}" if name in errors else ""))
@@ -177,6 +196,12 @@ def bench_train(sink: Sink, student, tokenizer, exs: list[dict], batch: int, war
         row = sink.find("train", ours + label)
         if per and row is not None:
             row["ratio"], row["ratio_of"] = statistics.median(per), f"tokens/s over {theirs} (median per round)"
+    for new, old in SPEEDUPS:
+        per = _per_round(timings, new, old, lambda a, b: b[0] / a[0])  # same batch: a time ratio is a tokens/s ratio
+        if per:
+            sink.add(implementation=f"{new}_over_{old}" + label, **common, ratio=statistics.median(per),
+                     ratio_of=f"tokens/s of {new} [{described.get(new)}] over {old} [{described.get(old)}]",
+                     notes=f"median of per-round ratios over {len(per)} rounds on the same batches")
     per = _per_round(timings, "dadpo", "ddpo", lambda a, b: a[0] / b[0])
     if per and interleave:
         a = [t[0] for t in timings["dadpo"] if t]
