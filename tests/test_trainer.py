@@ -52,9 +52,12 @@ def _train(tok, examples, method, tmp, seed=0, max_steps=None, obj=None, **cfg):
 
 @pytest.mark.parametrize("method", ["sft", "kd", "ddpo", "dadpo", "dadpo_token"])
 def test_each_method_trains_and_saves(tok, examples, tmp_path, method):
-    res, losses, _ = _train(tok, examples, method, tmp_path)
+    res, losses, model = _train(tok, examples, method, tmp_path)
     assert res.steps == 4 and len(losses) == 4 and all(l == l for l in losses)
     assert (tmp_path / "model" / "model.safetensors").is_file()
+    assert max(losses) - min(losses) > 1e-4  # the loss moves
+    start = tiny_llama(tok, seed=11)  # the weights _train started from
+    assert any(not torch.equal(p, q) for p, q in zip(start.parameters(), model.parameters()))
     rec = res.log[0]
     if method in ("ddpo", "dadpo"):
         assert {"rewards/margins", "rewards/accuracy"} <= set(rec)
