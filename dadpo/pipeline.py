@@ -115,7 +115,8 @@ class Pipeline:
         stats["peak_memory_mb"] = round(max(stats["peak_memory_mb"], peak.peak_mb), 1)
         if tokens is not None:
             stats["tokens"] = stats.get("tokens", 0) + tokens
-        self.log(f"{where} {name} done in {dt:.1f}s" + (f" ({len(caught)} warnings)" if caught else ""))
+        self.log(f"{where} {name} done in {dt:.1f}s, peak {peak.peak_mb / 1024:.1f} GB"
+                 + (f" ({len(caught)} warnings)" if caught else ""))
 
     def _sealed(self, folder: Path, record: Path) -> bool:
         """True when `folder` is a finished model: its checksummed `record` (written after the folder)
