@@ -92,6 +92,8 @@ def parse_args(setting: str, argv=None):
     ap.add_argument("--config", help="a YAML config instead of the packaged one for --scale")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     ap.add_argument("--methods", nargs="+", help=f"rows to run (default: the config's; known: {', '.join(ROWS)})")
+    ap.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
+                    help="train every method once per seed; tables show the mean over seeds (config key seeds)")
     ap.add_argument("--out", default=str(ROOT / "results"), help="folder for the CSVs, provenance and runs/")
     ap.add_argument("--cache", help="cache folder (default: $DADPO_CACHE or ~/.cache/dadpo)")
     return ap.parse_args(argv)
@@ -101,6 +103,7 @@ def main(setting: str, argv=None) -> int:
     args = parse_args(setting, argv)
     try:
         overrides = list(args.set) + ([f"methods=[{','.join(args.methods)}]"] if args.methods else [])
+        overrides += [f"seeds=[{','.join(map(str, args.seeds))}]"] if args.seeds else []
         cfg = load_config(args.config, overrides, setting=setting, scale=args.scale)
         if cfg.setting != setting:
             raise ConfigError(f"config: setting is {cfg.setting!r}, but this is reproduce.{setting}")
