@@ -90,18 +90,20 @@ def project(prov: dict, paper) -> list[dict]:
         done, todo = work(measured, run), work(stage, paper)
         factor = todo / done if done else 1.0
         hours = st["seconds"] * factor / 3600
-        peak = st["peak_memory_mb"] / 1024
+        # a run whose provenance was assembled from its log may lack memory: costed in time only
+        peak = st["peak_memory_mb"] / 1024 if st.get("peak_memory_mb") is not None else None
         par = 8 * TRAINING_EFFICIENCY_8 if stage.startswith("train:") else (1 if stage == "prune" else 8)
         peak8 = peak
         res = training.get(measured.split(":", 1)[1], {}) if stage.startswith("train:") else {}
         note = f"not run: costed as {measured} (same passes per example); " if measured != stage else ""
-        if res.get("params"):  # FSDP full sharding: 1/8 of the training state per GPU
+        if res.get("params") and peak is not None:  # FSDP full sharding: 1/8 of the training state per GPU
             peak8 = peak - train_state_gb(res["params"]) * 7 / 8
             note += "8 GPUs: FSDP full shard, state / 8"
         rows.append({"stage": stage, "run_seconds": st["seconds"], "run_items": done, "paper_items": todo,
                      "tokens_per_s": round(st["tokens"] / st["seconds"], 1) if st.get("tokens") else None,
                      "hours_1gpu": hours, "hours_8gpu": hours / par, "peak_memory_gb_1gpu": peak,
-                     "peak_memory_gb_8gpu": peak8, "fits_h100_80gb": peak <= 80, "notes": note})
+                     "peak_memory_gb_8gpu": peak8, "fits_h100_80gb": None if peak is None else peak <= 80,
+                     "notes": note + ("" if peak is not None else "peak memory not recorded")})
     return rows
 
 
@@ -130,8 +132,8 @@ def plan(setting: str, results: Path) -> list[dict]:
                  "api_cost_usd": cost, "notes": "list price; answers assumed at full length (upper bound)"})
     total = {k: sum(r.get(k) or 0 for r in rows) for k in ("hours_1gpu", "hours_8gpu", "api_cost_usd")}
     rows.append({"setting": setting, "stage": "total", **total,
-                 "peak_memory_gb_1gpu": max(r.get("peak_memory_gb_1gpu") or 0 for r in rows),
-                 "peak_memory_gb_8gpu": max(r.get("peak_memory_gb_8gpu") or 0 for r in rows),
+                 **{k: max((r[k] for r in rows if r.get(k) is not None), default=None)
+                    for k in ("peak_memory_gb_1gpu", "peak_memory_gb_8gpu")},
                  "notes": f"from {path.name}: {prov.get('device', {}).get('gpu', 'cpu')}, git {prov.get('git_sha')}"})
     for r in rows:
         if r.get("peak_memory_gb_1gpu") is not None:
@@ -144,10 +146,12 @@ def main(argv=None) -> int:
     ap.add_argument("--scale", default="paper", choices=["paper"])
     ap.add_argument("--results", default=str(ROOT / "results"), help="folder holding the shape runs' provenance")
     ap.add_argument("--out", default=str(ROOT / "results" / "paper_scale.csv"))
+    ap.add_argument("--settings", nargs="+", default=["table1", "table2"], choices=["table1", "table2"],
+                    help="the settings whose shape runs to project (each needs its shape run)")
     args = ap.parse_args(argv)
     rows = []
     try:
-        for setting in ("table1", "table2"):
+        for setting in args.settings:
             rows += plan(setting, Path(args.results))
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -50,3 +50,13 @@ def test_no_shape_run_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: no shape run of table1")
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_a_run_without_memory_figures_is_costed_in_time_only(tmp_path):
+    _shape_run_provenance(tmp_path, {"generate:teacher/train": {"seconds": 100.0, "peak_memory_mb": None}}, {})
+    rows = {r["stage"]: r for r in plan.plan("table2", tmp_path)}
+    row = rows["generate:teacher/train"]
+    assert row["hours_1gpu"] == pytest.approx(100 * 8000 / 64 / 3600)
+    assert row["peak_memory_gb_1gpu"] is None and row["fits_h100_80gb"] is None
+    assert "peak memory not recorded" in row["notes"]
+    assert rows["total"]["peak_memory_gb_1gpu"] is None and rows["total"].get("fits_h100_80gb") is None
