@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import gc
 import json
-import re
 import shutil
-import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import asdict, replace
 from functools import cached_property
 from pathlib import Path
@@ -33,10 +30,10 @@ from dadpo.config import ExperimentConfig
 from dadpo.examples import answers_of, attach_sequence_scores, attach_teacher_topk, encode_rows
 from dadpo.generation import Sampling, answer_lengths, cache_file, cached_answers, generate, resolve_backend
 from dadpo.methods import Method, build_method
-from dadpo.memory import PeakMemory
 from dadpo.modeling import device, fingerprint, load_model, load_tokenizer, pick_dtype, resolve
 from dadpo.precompute import TOPK_FORMAT, score_key, sequence_logprobs, teacher_topk
 from dadpo.shapes import random_model_folder
+from dadpo.stages import Stages
 from dadpo.trainer import CheckpointError, Trainer
 
 # Which frozen model each kind of precomputed score comes from (see Method.scores).
@@ -49,17 +46,6 @@ def _free(*models) -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _reissue(caught: list) -> None:
-    """Warnings of one stage, once per kind (digits blanked), with how many more there were."""
-    kinds: dict = {}
-    for w in caught:
-        kinds.setdefault((w.category, re.sub(r"\d+", "#", str(w.message))), []).append(w)
-    for ws in kinds.values():
-        w = ws[0]
-        more = f" (and {len(ws) - 1} more like it)" if len(ws) > 1 else ""
-        warnings.warn_explicit(f"{w.message}{more}", w.category, w.filename, w.lineno)
 
 
 def _tokens(encoded: list[dict]) -> int:
@@ -85,38 +71,17 @@ class Pipeline:
         self.cfg = cfg
         self.cache = cache
         self.log = log
-        self.timings: dict[str, float] = {}
-        self.facts: dict = {}
+        self.stages = Stages(f"{cfg.setting}/{cfg.scale}", log)
+        self.timings = self.stages.timings
+        self.facts: dict = {"stages": self.stages.stats}
         self.training_logs: dict[str, list] = {}
         self.eval_lengths: dict[str, dict] = {}  # model -> suite -> [(tokens, ended on an end-of-turn)]
         self._dsft: dict[int, str] = {}
-        self._started = 0
-        self.expected_stages = 0  # the entry point sets it (reproduce.run.expected_stages); 0 = unknown
 
     # --- bookkeeping -------------------------------------------------------------------------
-    @contextmanager
     def stage(self, name: str, tokens: int | None = None):
-        """A timed stage: its seconds, peak memory (GPU memory on a GPU, else RSS) and, when given, the
-        tokens it processed go into the run's facts (the measured rates reproduce.plan projects from).
-        It is announced with its position among the run's stages; its warnings are counted and each kind
-        is re-issued once at its end (so a few hundred truncated prompts make one line, not hundreds)."""
-        t0 = time.perf_counter()
-        self._started += 1
-        where = f"[{self.cfg.setting}/{self.cfg.scale} {self._started}/{max(self._started, self.expected_stages)}]"
-        self.log(f"{where} {name} ...")
-        with PeakMemory(device()) as peak, warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            yield
-        _reissue(caught)
-        dt = time.perf_counter() - t0
-        self.timings[name] = round(self.timings.get(name, 0.0) + dt, 2)
-        stats = self.facts.setdefault("stages", {}).setdefault(name, {"seconds": 0.0, "peak_memory_mb": 0.0})
-        stats["seconds"] = round(stats["seconds"] + dt, 2)
-        stats["peak_memory_mb"] = round(max(stats["peak_memory_mb"], peak.peak_mb), 1)
-        if tokens is not None:
-            stats["tokens"] = stats.get("tokens", 0) + tokens
-        self.log(f"{where} {name} done in {dt:.1f}s, peak {peak.peak_mb / 1024:.1f} GB"
-                 + (f" ({len(caught)} warnings)" if caught else ""))
+        """A timed stage (dadpo.stages): seconds, peak memory and tokens go into facts["stages"]."""
+        return self.stages(name, tokens)
 
     def _sealed(self, folder: Path, record: Path) -> bool:
         """True when `folder` is a finished model: its checksummed `record` (written after the folder)

@@ -168,7 +168,7 @@ def run(cfg, out: Path, cache: Cache) -> int:
     check_tracker(cfg.train.log_with)
     pipe = Pipeline(cfg, cache)
     names = {t.name: t for t in plan(cfg)}
-    pipe.expected_stages = expected_stages(cfg, names)
+    pipe.stages.expected = expected_stages(cfg, names)
     models = {t.name: pipe.trained(t.method, beta2=t.beta2 if t.sweep else None, seed=t.seed)
               for t in names.values()}
     answers = pipe.eval_answers(models)
