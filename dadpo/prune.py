@@ -472,7 +472,8 @@ def response_nll(model, tokenizer, prompts: Sequence[str], responses: Sequence[s
 
 def _greedy_sample(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
     ids = tokenizer(prompt_text(tokenizer, prompt), add_special_tokens=False, return_tensors="pt").input_ids
-    out = model.generate(ids.to(next(model.parameters()).device), attention_mask=torch.ones_like(ids),
+    ids = ids.to(next(model.parameters()).device)  # the mask made from it must be on the model's device too
+    out = model.generate(ids, attention_mask=torch.ones_like(ids),
                          max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=_pad_id(tokenizer))
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
