@@ -140,6 +140,9 @@ class Trainer:
                                                              "project_dir": str(self.out_dir / "trackers")}
         self.acc = Accelerator(mixed_precision=mixed_precision, cpu=bool(cpu), **tracking)
         n = self.acc.num_processes
+        if n > 1 and self.acc.distributed_type.name == "NO":  # e.g. an FSDP config launched without GPUs
+            raise ValueError(f"{n} processes but accelerate set up no distributed training: they would train "
+                             "separately, without syncing gradients (FSDP needs GPUs; on CPUs use the DDP config)")
         per_step = train_cfg.per_device_batch * n
         if train_cfg.global_batch % per_step:
             raise ValueError(f"train.global_batch={train_cfg.global_batch} is not a multiple of per_device_batch "

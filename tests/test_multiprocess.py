@@ -46,6 +46,20 @@ def test_two_processes_match_one_with_double_accumulation(tmp_path, method):
     assert la == pytest.approx(lb, rel=1e-5)
 
 
+def test_processes_that_would_not_sync_are_refused(tmp_path):
+    """accelerate sets up no distributed training for the FSDP config without GPUs: each process would
+    train alone on its share (seen: half the loss, other gradients). The trainer refuses that."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                        str(ROOT / "reproduce/configs/accelerate/fsdp.yaml"), "--num_processes", "2",
+                        "--main_process_port", _free_port(), "--mixed_precision", "no", "--dynamo_backend", "no",
+                        str(SCRIPT), str(tmp_path / "fsdp"), "sft", "2", "deepspeed"],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0
+    assert "2 processes but accelerate set up no distributed training" in r.stderr
+    assert not (tmp_path / "fsdp" / "model").exists()
+
+
 @pytest.mark.slow
 def test_deepspeed_zero2_two_processes_match_one_plain_process(tmp_path):
     # DeepSpeed accumulates, clips and steps inside backward; the trainer hands it the run's
