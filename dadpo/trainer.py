@@ -279,18 +279,18 @@ class Trainer:
                 stats = self.step([examples[i] for i in idx])
                 tokens += stats["tokens"]
                 last_loss = stats["loss"]
-                elapsed = time.perf_counter() - t0
+                elapsed, lr = time.perf_counter() - t0, self.scheduler.get_last_lr()[0]
                 bar.set_postfix(loss=f"{last_loss:.4g}", tok_s=f"{tokens / max(elapsed, 1e-9):.0f}", refresh=False)
                 bar.update()
                 if acc.is_main_process:
                     rec = {"step": step + 1, "epoch": round((step + 1) / steps_per_epoch, 4),
-                           "lr": self.scheduler.get_last_lr()[0], "elapsed_s": round(elapsed, 3), **stats}
+                           "lr": lr, "elapsed_s": round(elapsed, 3), **stats}
                     log.append(rec)
                     with open(log_path, "a", encoding="utf-8") as f:  # live progress; the result keeps the log
                         f.write(json.dumps(rec) + "\n")
                 if tracking:
                     acc.log({k: v for k, v in stats.items() if isinstance(v, (int, float))}
-                            | {"lr": self.scheduler.get_last_lr()[0]}, step=step + 1)
+                            | {"lr": lr}, step=step + 1)
                 if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < stop:
                     self._save_checkpoint(step + 1)
         bar.close()

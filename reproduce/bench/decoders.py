@@ -31,25 +31,17 @@ from pathlib import Path
 
 import torch
 
-from dadpo.decoding import EagerDecoder, Sampling, StaticDecoder, decoding_kernels
+from dadpo.cache import atomic_write_text
+from dadpo.decoding import Sampling, decoding_kernels, make_decoder
 from reproduce.bench.cases import QWEN_SHAPES as SHAPES
 from reproduce.bench.cases import random_model
 from reproduce.bench.flops import decode_weight_bytes, shape_of
-from reproduce.bench.measure import PeakMemory, copy_bandwidth_gbs, device_name, model_bytes, sync
+from reproduce.bench.measure import PeakMemory, copy_bandwidth_gbs, device_name, model_bytes, timed
 from reproduce.bench.rows import COLUMNS, versions_str, write_csv
-from dadpo.cache import atomic_write_text
 from reproduce.provenance import device_facts, git_sha, versions
 
 GPU_SHAPES = ("qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-7b")
 EOS, PAD, LOW = 2, 3, 10  # random ids are drawn from [LOW, vocab): never a stop or padding id
-
-
-def _timed(fn, dev) -> tuple[float, object]:
-    sync(dev)
-    t = time.perf_counter()
-    out = fn()
-    sync(dev)
-    return time.perf_counter() - t, out
 
 
 def bench_case(name: str, B: int, dev: torch.device, dtype: torch.dtype, bw_gbs: float, prompt_len: int,
@@ -67,18 +59,18 @@ def bench_case(name: str, B: int, dev: torch.device, dtype: torch.dtype, bw_gbs:
                seq_len_max=prompt_len + new, tokens_per_step=B, versions=versions_str(versions()))
     rows, warm = [], {}
     for impl in impls:
-        dec = StaticDecoder(model, PAD) if impl == "static" else EagerDecoder(model, PAD)
+        dec = make_decoder(impl, model, PAD)
         if impl == "static":
             dec.plan(prompts, B, full)
         cold = getattr(dec, "compiled", False)
         with decoding_kernels(), torch.no_grad(), PeakMemory(dev) as pm:
             if cold:  # cold: the first call compiles and captures the shape
-                t_cold, _ = _timed(lambda: dec(prompts, full, [EOS], 0), dev)
+                t_cold, _ = timed(lambda: dec(prompts, full, [EOS], 0), dev)
                 compile_s = dec.facts()["compile_s"]
             else:  # nothing to compile: a short call warms the kernels up
                 dec(prompts, replace(full, max_new_tokens=2), [EOS], 0)
-            t1, _ = _timed(lambda: dec(prompts, replace(full, max_new_tokens=1), [EOS], 0), dev)
-            tn, out = _timed(lambda: dec(prompts, full, [EOS], 0), dev)
+            t1, _ = timed(lambda: dec(prompts, replace(full, max_new_tokens=1), [EOS], 0), dev)
+            tn, out = timed(lambda: dec(prompts, full, [EOS], 0), dev)
         assert all(len(r) == new for r in out)
         mem = pm.added_mb + model_bytes(model) / 2 ** 20
         label = f"{impl} (compiled)" if getattr(dec, "compiled", False) else impl  # a failed compile falls back
