@@ -112,9 +112,14 @@ class Pipeline:
         return resolve(spec, self.cfg.models.trust_remote_code)
 
     @cached_property
-    def teacher_path(self) -> str:
+    def _bases(self) -> tuple[str, str]:
+        """The teacher and student specs resolved (fetched, verified, converted) in the "assets" stage."""
         with self.stage("assets"):
-            return self._model(self.cfg.models.teacher)
+            return self._model(self.cfg.models.teacher), self._model(self.cfg.models.student)
+
+    @property
+    def teacher_path(self) -> str:
+        return self._bases[0]
 
     @cached_property
     def tokenizer(self):
@@ -137,7 +142,7 @@ class Pipeline:
     def student_init(self) -> str:
         """The student before any training: the pruned teacher (table1) or the small model (table2)."""
         m = self.cfg.models
-        base = self._model(m.student)
+        base = self._bases[1]
         if not m.prune.enabled:
             return base
         from dadpo.prune import make_pruned_student, report_path
