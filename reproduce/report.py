@@ -64,7 +64,8 @@ def script_json(obj) -> str:
 
 def read_jsonl(path: Path) -> list[dict]:
     rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    # split on newlines only: str.splitlines() also splits inside strings at U+2028, U+0085, ...
+    for i, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
         if line.strip():
             try:
                 rows.append(json.loads(line))

@@ -24,3 +24,20 @@ def test_rouge_l_no_references_and_bad_input():
     assert r["n"] == 0 and math.isnan(r["rouge_l_f"])
     with pytest.raises(ValueError, match="2 answers but 1 references"):
         rouge_l(["a", "b"], ["a"])
+
+
+def test_rouge_l_equals_rouge_score_on_random_texts():
+    """The fast path gives rouge-score's own ROUGE-L F on varied texts (punctuation, case, stems,
+    empty answers, repeated words), so the committed numbers do not move."""
+    import random
+
+    from rouge_score import rouge_scorer
+
+    rng = random.Random(0)
+    words = ["The", "cat", "cats", "running", "run", "ran", "mat", "on", "is", "a", "b2", "Hello,", "world!",
+             "café", "über", "--", "3.14", "tokens", "token", "decoding"]
+    answers = [" ".join(rng.choices(words, k=rng.randint(0, 60))) for _ in range(60)]
+    refs = [" ".join(rng.choices(words, k=rng.randint(1, 60))) for _ in range(60)]
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    for a, r in zip(answers, refs):
+        assert rouge_l([a], [r])["rouge_l_f"] == pytest.approx(scorer.score(r, a)["rougeL"].fmeasure, abs=1e-12)

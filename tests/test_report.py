@@ -31,12 +31,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from evals.records import write_jsonl
 from reproduce import figures, report
 from reproduce.run import RESULT_COLUMNS, TRAINING_COLUMNS
 
 STEM = "table1_tiny"
 HOSTILE = ('</script><script>window.pwned=1</script><img src=x onerror="window.pwned=2">'
-           '<b>bold</b> & http://evil.example/a.png')
+           '<b>bold</b> & http://evil.example/a.png'
+           ' \u2028 \x85 \x1c \u2029')  # characters str.splitlines() splits on (random-weight models write them)
 # (suite, judge, proxy) -> method -> outcome per prompt
 OUTCOMES = {
     ("in_domain", "reference", True): {"sft": ["win", "loss", "tie"], "dadpo": ["win", "win", "loss"]},
@@ -102,9 +104,9 @@ def write_run(root: Path, run_dir: Path | None = None) -> tuple[Path, Path]:
         for who in ("teacher", "sft", "dadpo"):
             folder = run_dir / "answers" / suite
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / f"{who}.jsonl").write_text("".join(
-                json.dumps({"id": pid, "prompt": f"prompt {pid} </script>", "answer": answer_of(who, suite, pid),
-                            "reference": None, "suite": suite}) + "\n" for pid in ids))
+            write_jsonl(folder / f"{who}.jsonl", [  # the run's writer: non-ASCII characters stay raw
+                {"id": pid, "prompt": f"prompt {pid} </script>", "answer": answer_of(who, suite, pid),
+                 "reference": None, "suite": suite} for pid in ids])
     (run_dir / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return results, run_dir
 
