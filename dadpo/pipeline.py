@@ -33,7 +33,7 @@ from dadpo.methods import Method, build_method
 from dadpo.modeling import device, fingerprint, load_model, load_tokenizer, pick_dtype, resolve
 from dadpo.precompute import TOPK_FORMAT, score_key, sequence_logprobs, teacher_topk
 from dadpo.shapes import random_model_folder
-from dadpo.stages import Stages
+from dadpo.stages import Stages, grouped_warnings
 from dadpo.trainer import CheckpointError, Trainer
 
 # Which frozen model each kind of precomputed score comes from (see Method.scores).
@@ -77,8 +77,17 @@ class Pipeline:
         self.training_logs: dict[str, list] = {}
         self.eval_lengths: dict[str, dict] = {}  # model -> suite -> [(tokens, ended on an end-of-turn)]
         self._dsft: dict[int, str] = {}
+        # each stage's facts are journaled in the cache as it starts and ends: a run killed before it
+        # wrote its provenance leaves them to the run that resumes it (`earlier`: what was there before)
+        self.journal = cache.path("journals", cfg.fingerprint(), ".json")
+        self.earlier: dict = read_json(self.journal) or {}
+        self.stages.on_change = self._write_journal
 
     # --- bookkeeping -------------------------------------------------------------------------
+    def _write_journal(self) -> None:
+        write_json(self.journal, {k: {**self.earlier.get(k, {}), **self.facts.get(k, {})}
+                                  for k in ("stages", "generation")})
+
     def stage(self, name: str, tokens: int | None = None):
         """A timed stage (dadpo.stages): seconds, peak memory and tokens go into facts["stages"]."""
         return self.stages(name, tokens)
@@ -288,7 +297,8 @@ class Pipeline:
     def _run_training(self, method: Method, init_path: str, rows: list[dict], name: str, seed: int,
                       needs: list, out: Path) -> None:
         cfg, tok = self.cfg, self.tokenizer
-        examples = encode_rows(tok, rows, cfg.train.max_len, cfg.data.max_prompt_tokens)
+        with grouped_warnings():  # one line per kind for a few thousand truncated prompts
+            examples = encode_rows(tok, rows, cfg.train.max_len, cfg.data.max_prompt_tokens)
         for what, path in needs:  # precompute with frozen models, one at a time
             self._scores(what, path, examples, method, name)
         with self.stage(f"train:{name}"):
@@ -408,8 +418,9 @@ class Pipeline:
 
         def encoded(suite: str, who: str) -> list[dict]:
             ans = answers[suite]
-            return [encode_example(tok, it["prompt"], a, max_len, cfg.data.max_prompt_tokens)
-                    for it, a in zip(ans["items"], ans[who])]
+            with grouped_warnings():
+                return [encode_example(tok, it["prompt"], a, max_len, cfg.data.max_prompt_tokens)
+                        for it, a in zip(ans["items"], ans[who])]
 
         def nll(scores: dict) -> float:
             return float(-scores["sum"].sum() / max(1, int(scores["count"].sum())))

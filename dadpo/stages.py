@@ -22,10 +22,20 @@ def reissue(caught: list) -> None:
         warnings.warn_explicit(f"{w.message}{more}", w.category, w.filename, w.lineno)
 
 
+@contextmanager
+def grouped_warnings():
+    """Warnings raised inside are collected (the list is yielded) and re-issued once per kind at the end."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield caught
+    reissue(caught)
+
+
 class Stages:
     """`with stages(name, tokens):` times one stage. `timings` (seconds per stage name) and `stats`
     (seconds, peak_memory_mb: GPU memory on a GPU, else RSS; tokens when given) accumulate over the
-    run; `expected` is the run's stage count for the "7/25" position (0 = unknown)."""
+    run; `expected` is the run's stage count for the "7/25" position (0 = unknown); `on_change`, if
+    set, is called as each stage starts and ends (the pipeline journals its facts there)."""
 
     def __init__(self, label: str, log=print):
         self.label, self.log = label, log
@@ -33,6 +43,7 @@ class Stages:
         self.stats: dict[str, dict] = {}
         self.started = 0
         self.expected = 0
+        self.on_change = None
 
     @contextmanager
     def __call__(self, name: str, tokens: int | None = None):
@@ -40,11 +51,11 @@ class Stages:
         self.started += 1
         where = f"[{self.label} {self.started}/{max(self.started, self.expected)}]"
         self.log(f"{where} {name} ...")
-        with PeakMemory(device()) as peak, warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            yield
+        if self.on_change:
+            self.on_change()
         # a few hundred truncated prompts make one line, not hundreds
-        reissue(caught)
+        with PeakMemory(device()) as peak, grouped_warnings() as caught:
+            yield
         dt = time.perf_counter() - t0
         self.timings[name] = round(self.timings.get(name, 0.0) + dt, 2)
         st = self.stats.setdefault(name, {"seconds": 0.0, "peak_memory_mb": 0.0})
@@ -54,3 +65,5 @@ class Stages:
             st["tokens"] = st.get("tokens", 0) + tokens
         self.log(f"{where} {name} done in {dt:.1f}s, peak {peak.peak_mb / 1024:.1f} GB"
                  + (f" ({len(caught)} warnings)" if caught else ""))
+        if self.on_change:
+            self.on_change()

@@ -50,6 +50,17 @@ def earlier_provenance(prov_path: Path, cfg) -> dict:
     return prev if prev.get("config_hash") == cfg.fingerprint() else {}
 
 
+def with_journal(prev: dict, journal: dict) -> dict:
+    """The earlier provenance updated with the cache's stage journal (dadpo.pipeline), which also holds
+    the stages of a run killed before it wrote any provenance."""
+    facts = dict(prev.get("facts", {}))
+    for key in ("stages", "generation"):
+        facts[key] = {**facts.get(key, {}), **journal.get(key, {})}
+    seconds = {**prev.get("stage_seconds_last_ran", prev.get("stage_seconds", {})),
+               **{name: st["seconds"] for name, st in journal.get("stages", {}).items()}}
+    return {"facts": facts, "stage_seconds_last_ran": seconds}
+
+
 def keep_earlier(prev: dict, timings: dict, facts: dict) -> tuple[dict, dict]:
     """Stages a re-run finds cached do not run, so they report no seconds, memory or generation facts:
     keep what the run that computed them recorded (a run split over several processes, e.g. one
@@ -197,7 +208,7 @@ def run(cfg, out: Path, cache: Cache) -> int:
     training = training_rows(pipe.training_logs)
     prov_path = out / f"{stem}.provenance.json"
     facts = {**pipe.run_facts(), "judges": {run.judge: run.facts for run in runs}}
-    seconds, facts = keep_earlier(earlier_provenance(prov_path, cfg), pipe.timings, facts)
+    seconds, facts = keep_earlier(with_journal(earlier_provenance(prov_path, cfg), pipe.earlier), pipe.timings, facts)
     provenance = public_paths(scrub_secrets({
         "command": [relative(sys.argv[0])] + sys.argv[1:], "started_utc": started,
         "wall_seconds": round(time.time() - t0, 1), "git_sha": sha, "versions": versions(),

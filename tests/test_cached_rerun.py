@@ -1,5 +1,7 @@
 """A cached re-run recomputes nothing and loads no model: every stage's output is found by a key
 computable without the model (answers, precomputed scores, trained folders, judge verdicts)."""
+import json
+
 import pytest
 
 from rel_tiny import build_tiny
@@ -33,6 +35,11 @@ def test_cached_rerun_loads_no_model_and_writes_the_same_results(tiny, tmp_path,
     for name in ("table1_custom.csv", "table1_custom_training.csv"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert (tmp_path / "b" / "runs" / "table1_custom" / "records.jsonl").is_file()
+    # b's folder held no earlier provenance: the stages measured by run a come from the cache's journal
+    prov_a, prov_b = (json.loads((tmp_path / d / "table1_custom.provenance.json").read_text()) for d in "ab")
+    trained = sorted(s for s in prov_a["facts"]["stages"] if s.startswith(("train:", "generate:")))
+    assert len(trained) >= 6 and set(trained) <= set(prov_b["facts"]["stages_measured_earlier"])
+    assert {s: prov_b["facts"]["stages"][s] for s in trained} == {s: prov_a["facts"]["stages"][s] for s in trained}
 
 
 def test_a_run_split_over_processes_reports_every_stage():
