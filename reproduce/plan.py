@@ -60,14 +60,17 @@ def work(stage: str, cfg) -> float:
 # example: dDPO and daDPO both run the policy on chosen and rejected (daDPO's teacher scores are
 # precomputed); KD is SFT's pass with a top-k loss
 STAND_INS = {"ddpo": "dadpo", "dadpo": "ddpo", "kd": "sft", "sft": "kd"}
+# KD's teacher top-k pass and daDPO's teacher scores are one teacher forward over the training answers
+# (top-k over the chosen answers only, so the stand-in from scores overstates it)
+PRECOMPUTE = {"kd": ("precompute:topk", "precompute:te"), "dadpo": ("precompute:te", "precompute:topk")}
 
 
 def with_stand_ins(stages: dict, methods: list[str]) -> dict:
     """`stages` plus, for each paper method the run did not train, its stand-in's stages under its name."""
     out = dict(stages)
     for m in methods:
-        for pattern in ("train:{}", "generate:{}/eval"):
-            name, sub = pattern.format(m), pattern.format(STAND_INS.get(m, ""))
+        pairs = [(p.format(m), p.format(STAND_INS.get(m, ""))) for p in ("train:{}", "generate:{}/eval")]
+        for name, sub in pairs + ([PRECOMPUTE[m]] if m in PRECOMPUTE else []):
             if name not in out and sub in stages:
                 out[name] = {**stages[sub], "stand_in": sub}
     return out

@@ -23,6 +23,7 @@ def test_stages_scale_by_work_and_missing_methods_take_a_stand_in(tmp_path):
         "train:sft": {"seconds": 30.0, "peak_memory_mb": 40 * gb},
         "train:dadpo": {"seconds": 20.0, "peak_memory_mb": 60 * gb},
         "generate:dadpo/eval": {"seconds": 50.0, "peak_memory_mb": 10 * gb},
+        "precompute:te": {"seconds": 8.0, "peak_memory_mb": 30 * gb},
     }, {"dadpo": {"params": 1.5e9}})
     rows = {r["stage"]: r for r in plan.plan("table2", tmp_path)}
     paper = load_config(None, setting="table2", scale="paper")
@@ -39,6 +40,9 @@ def test_stages_scale_by_work_and_missing_methods_take_a_stand_in(tmp_path):
     # memory: FSDP on 8 GPUs keeps 1/8 of the 16 bytes/parameter training state
     assert rows["train:dadpo"]["peak_memory_gb_8gpu"] == pytest.approx(60 - 1.5e9 * 16 / 1e9 * 7 / 8)
     assert rows["generate:ddpo/eval"]["hours_1gpu"] == pytest.approx(rows["generate:dadpo/eval"]["hours_1gpu"])
+    # KD's teacher top-k pass was not run either: costed as the teacher's scoring pass
+    assert rows["precompute:topk"]["hours_1gpu"] == pytest.approx(8 * 8000 / 64 / 3600)
+    assert "costed as precompute:te" in rows["precompute:topk"]["notes"]
     total = rows["total"]
     assert total["peak_memory_gb_1gpu"] == 60 and total["hours_1gpu"] == pytest.approx(
         sum(r.get("hours_1gpu") or 0 for s, r in rows.items() if s != "total"))
