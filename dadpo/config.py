@@ -170,7 +170,7 @@ class TrainConfig:
     gradient_checkpointing: Bool = False
     save_every: Integer(ge=0) = 0  # steps between checkpoints; 0 = only at the end
     logit_chunk: Integer(ge=1) = 1024  # tokens per chunk for per-token log-probs (chunked / fused heads)
-    # pack a micro-batch's rows into one sequence (no padding); also for the frozen-model scores
+    # pack a micro-batch's rows into bins of its longest row (little padding); also for the frozen-model scores
     packing: Bool = True
     # token log-probs from the LM head (baselines.head): auto = liger on CUDA when installed, else chunked;
     # methods that need full logits (KD) keep the logits path whatever this says

@@ -31,6 +31,7 @@ from dadpo.examples import answers_of, attach_sequence_scores, attach_teacher_to
 from dadpo.generation import Sampling, answer_lengths, cache_file, cached_answers, generate, resolve_backend
 from dadpo.methods import Method, build_method
 from dadpo.modeling import device, fingerprint, load_model, load_tokenizer, pick_dtype, resolve
+from dadpo.packing import LAYOUT as PACKED_LAYOUT
 from dadpo.precompute import TOPK_FORMAT, score_key, sequence_logprobs, teacher_topk
 from dadpo.shapes import random_model_folder
 from dadpo.stages import Stages, grouped_warnings
@@ -55,6 +56,11 @@ def _tokens(encoded: list[dict]) -> int:
 def _trainer_numerics() -> str:
     """How the trainer computes log-probs: fp32 weights, bf16 autocast on a GPU."""
     return "torch.float32+autocast-bf16" if torch.cuda.is_available() else "torch.float32"
+
+
+def _packed(train) -> str | bool:
+    """train.packing as cache keys hold it: the packed layout's name, or False."""
+    return PACKED_LAYOUT if train.packing else False
 
 
 def _head(train) -> dict:
@@ -227,7 +233,7 @@ class Pipeline:
             # policy's log-probs must equal pi_ref's exactly (dDPO's first loss is then log 2)
             # packing and the head kernel change bf16 rounding: both enter the key
             enc, head = answers_of(examples), _head(cfg.train)
-            key = score_key("seqlp", fp, enc, numerics=_trainer_numerics(), packing=cfg.train.packing, **head)
+            key = score_key("seqlp", fp, enc, numerics=_trainer_numerics(), packing=_packed(cfg.train), **head)
             path = self.cache.path("scores", key, ".safetensors", 24)
 
             def compute():
@@ -247,7 +253,7 @@ class Pipeline:
             enc = [e[answer] for e in examples]
             key = score_key("topk", fp, enc, k=method.top_k, t=method.kd_temperature, vocab=len(tok), dtype=str(dtype),
                             format=TOPK_FORMAT, tail_samples=method.kd_tail_samples, sample_seed=KD_SAMPLE_SEED,
-                            packing=cfg.train.packing)
+                            packing=_packed(cfg.train))
             path = self.cache.path("scores", key, ".safetensors", 24)
 
             def compute():
@@ -282,7 +288,8 @@ class Pipeline:
         key = {"method": method.name, "init": self.fp(init_path), "rows": stable_hash(rows, 24),
                "train": {k: v for k, v in asdict(cfg.train).items() if k != "log_with"},  # a tracker changes no number
                "objective": method.settings, "seed": seed,
-               "needs": [(n, self.fp(p)) for n, p in needs], "score_numerics": "trainer", **_head(cfg.train)}
+               "needs": [(n, self.fp(p)) for n, p in needs], "score_numerics": "trainer", **_head(cfg.train),
+               "layout": _packed(cfg.train)}
         out = self.cache.path("train", key)
         if not self._sealed(out / "model", out / "result.json"):
             with self.cache.lock(out):

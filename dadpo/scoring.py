@@ -30,8 +30,10 @@ def response_hidden(model, input_ids, attention_mask, response_mask, position_id
     labels = input_ids[:, 1:][sel]
     if row is None:
         row = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(input_ids)
+        return h, labels, row[:, 1:][sel]
     ex = row[:, 1:][sel]
-    return h, labels, ex
+    order = torch.argsort(ex, stable=True)  # packed bins hold rows out of order: back to row-major
+    return h[order], labels[order], ex[order]
 
 
 def per_sequence(token_values, ex, n: int):

@@ -10,7 +10,7 @@ family) in the whole global batch, counted before the step; so 1 x 4 accumulatio
 processes with half the accumulation all give the same update. The data order is a seeded
 permutation per epoch, so a resumed run sees the same batches as an uninterrupted one.
 
-A micro-batch's rows are packed into one sequence without padding (train.packing, dadpo.packing)
+A micro-batch's rows are packed into bins without padding waste (train.packing, dadpo.packing)
 and token log-probs come from the LM head implementation train.lm_head resolves to (baselines.head).
 
 Progress: a bar per run (step, loss, tokens/s, ETA) on the main process; every step's record goes to

@@ -29,19 +29,25 @@ def examples(tok):
 
 
 def test_pack_rows_layout():
-    rows = [{"input_ids": [5, 6, 7], "response_mask": [0, 1, 1]}, {"input_ids": [8, 9], "response_mask": [1, 1]}]
-    b = pack_rows(rows)
-    assert b["input_ids"].tolist() == [[5, 6, 7, 8, 9]]
-    assert b["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
-    assert b["row"].tolist() == [[0, 0, 0, 1, 1]]
-    assert b["response_mask"].tolist() == [[0, 1, 1, 0, 1]]  # a row's first token has no predecessor in it
-    assert "attention_mask" not in b and real_tokens(b) == 5
-    assert real_tokens(micro_batch(rows, 0, packing=False)) == 5
+    rows = [{"input_ids": [5, 6, 7], "response_mask": [0, 1, 1]}, {"input_ids": [8, 9], "response_mask": [1, 1]},
+            {"input_ids": [4], "response_mask": [1]}, {"input_ids": [3, 2], "response_mask": [0, 1]}]
+    b = pack_rows(rows, pad_id=0)
+    # bins of the longest row (3), filled in row order; only a bin's end is padded
+    assert b["input_ids"].tolist() == [[5, 6, 7], [8, 9, 4], [3, 2, 0]]
+    assert b["position_ids"].tolist() == [[0, 1, 2], [0, 1, 0], [0, 1, 0]]
+    assert b["row"].tolist() == [[0, 0, 0], [1, 1, 2], [3, 3, -1]]
+    assert b["response_mask"].tolist() == [[0, 1, 1], [0, 1, 0], [0, 1, 0]]  # a row's first token has no predecessor
+    assert "attention_mask" not in b and real_tokens(b) == 8
+    assert real_tokens(micro_batch(rows, 0, packing=False)) == 8
 
 
 def test_packed_log_probs_equal_padded_per_row(tok, examples):
     model = tiny_llama(tok, seed=3).double()
     rows = [e[a] for a in ("chosen", "rejected") for e in examples]
+    # and short rows (answer ends), which share bins with long ones, out of row order
+    rows += [{"input_ids": r["input_ids"][-6:], "response_mask": [0] + r["response_mask"][-5:]} for r in rows[:3]]
+    bins = pack_rows(rows, tok.pad_token_id)["row"]
+    assert bins.shape[0] < len(rows) and any(len(set(b.tolist()) - {-1}) > 1 for b in bins)
     out = {}
     for packing in (False, True):
         lp, labels, row = ResponseScorer(model)(**micro_batch(rows, tok.pad_token_id, packing))
@@ -75,7 +81,7 @@ def test_packed_and_padded_steps_give_equal_losses_and_gradients(tok, examples, 
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_trainer_feeds_one_packed_sequence_without_padding(tok, examples, tmp_path):
+def test_trainer_feeds_packed_bins(tok, examples, tmp_path):
     cfg = TrainConfig(per_device_batch=3, global_batch=3)  # packing is the default
     tr = Trainer(tiny_llama(tok, seed=11), tok, build_method("ddpo", ObjectiveConfig()), cfg, tmp_path)
     seen = []
@@ -83,7 +89,11 @@ def test_trainer_feeds_one_packed_sequence_without_padding(tok, examples, tmp_pa
     tr.step(examples)
     hook.remove()
     (kw,) = seen
-    lengths = [len(e[a]["input_ids"]) for a in ("chosen", "rejected") for e in examples]
-    assert kw["attention_mask"] is None and kw["input_ids"].shape == (1, sum(lengths))
-    assert (kw["input_ids"] == tok.pad_token_id).sum() == 0
-    assert kw["position_ids"][0].tolist() == [p for n in lengths for p in range(n)]
+    rows = [e[a] for a in ("chosen", "rejected") for e in examples]
+    width = max(len(r["input_ids"]) for r in rows)
+    assert kw["attention_mask"] is None and kw["input_ids"].shape[1] == width
+    assert kw["input_ids"].shape[0] <= len(rows)  # (these rows are all over half the longest: no sharing)
+    packed = pack_rows(rows, tok.pad_token_id)
+    assert torch.equal(kw["input_ids"], packed["input_ids"]) and torch.equal(kw["position_ids"], packed["position_ids"])
+    for i, r in enumerate(rows):  # every row's tokens, contiguous and in order, in some bin
+        assert packed["input_ids"][packed["row"] == i].tolist() == r["input_ids"]
