@@ -112,7 +112,7 @@ def _decode(raw: bytes, source: str, row: int | None = None) -> str:
         raise DataError(f"{source}: {where}: invalid UTF-8 ({e.reason})") from None
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     """(1-based line number, object) per non-empty line; bad UTF-8 or JSON is a DataError."""
     src = str(path)
     for n, raw in enumerate(Path(path).read_bytes().split(b"\n"), 1):
@@ -266,7 +266,7 @@ def load_in_domain(cfg: DataConfig | None = None):
 def _refs_by_qid(path: Path, model: str) -> dict[int, list[str]]:
     """FastChat reference-answer file -> {question_id: turns}."""
     src, out = str(path), {}
-    for n, obj in _read_jsonl(path):
+    for n, obj in read_jsonl(path):
         qid = _field(obj, "question_id", int, src, n)
         choices = _field(obj, "choices", list, src, n)
         if not isinstance(choices[0], dict):
@@ -283,7 +283,7 @@ def read_fastchat_questions(path: str | Path, name: str, refs_path: str | Path |
     src = str(path)
     refs = _refs_by_qid(Path(refs_path), "gpt-4") if refs_path else {}
     rows = []
-    for n, obj in _read_jsonl(path):
+    for n, obj in read_jsonl(path):
         qid = _field(obj, "question_id", int, src, n)
         turns = _turns(obj, src, n)
         ref = refs.get(qid, [""])[0]
@@ -333,13 +333,13 @@ def read_arena_hard(question_path: str | Path, answer_paths: dict[str, str | Pat
     answers: dict[str, dict[str, str]] = {}
     for model, p in (answer_paths or {}).items():
         answers[model] = {}
-        for n, obj in _read_jsonl(Path(p)):
+        for n, obj in read_jsonl(Path(p)):
             text = _answer_text(obj)
             if text is None:
                 raise DataError(f"{p}: row {n}: no answer text in 'messages'")
             answers[model][_field(obj, "uid", str, str(p), n)] = text
     rows = []
-    for n, obj in _read_jsonl(qpath):
+    for n, obj in read_jsonl(qpath):
         uid = _field(obj, "uid", str, src, n)
         category = _field(obj, "category", str, src, n)
         model = ARENA_BASELINES.get(category, "")

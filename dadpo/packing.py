@@ -26,16 +26,16 @@ from dadpo.chat import pad_batch
 LAYOUT = "bins-first-fit"
 
 
-def pack_rows(rows: list[dict], pad_id: int = 0) -> dict:
-    """Rows {"input_ids", "response_mask"} packed into bins of the longest row's length (first fit,
-    longest first): input_ids, response_mask, position_ids and `row` (each position's row index, -1 on
-    padding), all [bins, longest]; no attention_mask. A row's tokens are contiguous and in order within
+def pack_rows(rows: list[dict], pad_id: int = 0, width: int | None = None) -> dict:
+    """Rows {"input_ids", "response_mask"} packed into bins of `width` positions, by default the longest
+    row's length (first fit, longest first): input_ids, response_mask, position_ids and `row` (each position's row index, -1 on
+    padding), all [bins, width]; no attention_mask. A row's tokens are contiguous and in order within
     its bin; dadpo.scoring puts the scored tokens back in row order."""
     for i, r in enumerate(rows):
         if len(r["response_mask"]) != len(r["input_ids"]):
             raise ValueError(f"pack_rows: row {i} has {len(r['input_ids'])} token ids but "
                              f"{len(r['response_mask'])} mask entries")
-    width = max((len(r["input_ids"]) for r in rows), default=0)
+    width = width or max((len(r["input_ids"]) for r in rows), default=0)
     bins: list[dict] = []
     for i in sorted(range(len(rows)), key=lambda i: -len(rows[i]["input_ids"])):
         r, n = rows[i], len(rows[i]["input_ids"])

@@ -30,7 +30,9 @@ import math
 import sys
 from pathlib import Path
 
+from dadpo import data
 from dadpo.cache import atomic_path
+from dadpo.data import DataError
 from evals.metrics import word_count
 from reproduce.figures import ROOT, _method_order, draw_all, pair_label, result_stems
 from reproduce.report_page import CSS, JS
@@ -63,15 +65,10 @@ def script_json(obj) -> str:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    # split on newlines only: str.splitlines() also splits inside strings at U+2028, U+0085, ...
-    for i, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except ValueError as e:
-                raise ReportError(f"{path}:{i}: not JSON ({e})") from None
-    return rows
+    try:
+        return [row for _, row in data.read_jsonl(path)]
+    except DataError as e:
+        raise ReportError(str(e)) from None
 
 
 def find_run_dir(results_dir: Path, stem: str) -> Path | None:

@@ -2,8 +2,9 @@
 
 One micro-batch of N rows (lengths uniform in [L/8, L], seeded random token ids, the last two thirds
 of each row scored), forward + backward of the suite's response scorer (dadpo.scoring), in three
-layouts: right-padded rows; every row in one sequence (the packing of an earlier version: sdpa then
-computes a block-diagonal mask over the whole [sum of lengths]^2); and dadpo.packing's bins of the
+layouts: right-padded rows; every row in one sequence (dadpo.packing with one bin as wide as all
+rows: the packing of an earlier version, where sdpa computes a block-diagonal mask over the whole
+[sum of lengths]^2); and dadpo.packing's bins of the
 longest row's length. Prints ms per step (median of --repeat after a warm-up), positions computed
 and the ratio to padded, and checks that the three give the same summed log-prob. Default: real
 SmolLM2-135M-Instruct in fp32 on CPU, 16 rows of <= 256 tokens (the default-scale Table-1
@@ -21,19 +22,6 @@ from dadpo.chat import pad_batch
 from dadpo.packing import pack_rows
 from dadpo.scoring import ResponseScorer
 from reproduce.bench.measure import timed
-
-
-def one_sequence(rows: list[dict]) -> dict:
-    """Every row end to end in one [1, sum of lengths] sequence, positions restarting per row."""
-    ids, resp, pos, row = [], [], [], []
-    for i, r in enumerate(rows):
-        n = len(r["input_ids"])
-        ids += r["input_ids"]
-        resp += [0] + list(r["response_mask"][1:])
-        pos += range(n)
-        row += [i] * n
-    return {k: torch.tensor([v]) for k, v in (("input_ids", ids), ("response_mask", resp), ("position_ids", pos),
-                                              ("row", row))}
 
 
 def random_rows(n: int, max_len: int, vocab: int, seed: int = 0) -> list[dict]:
@@ -63,7 +51,8 @@ def main(argv=None) -> int:
     model = load_model(args.model, torch.bfloat16 if dev.type == "cuda" else torch.float32, on=dev).train()
     scorer = ResponseScorer(model)
     rows = random_rows(args.rows, args.max_len, len(tok))
-    layouts = {"padded": pad_batch(rows, tok.pad_token_id), "one sequence": one_sequence(rows),
+    total = sum(len(r["input_ids"]) for r in rows)
+    layouts = {"padded": pad_batch(rows, tok.pad_token_id), "one sequence": pack_rows(rows, tok.pad_token_id, total),
                "bins": pack_rows(rows, tok.pad_token_id)}
 
     def step(batch):
@@ -73,15 +62,15 @@ def main(argv=None) -> int:
         return float(lp.sum().detach())
 
     print(f"[bench.packing] {args.model} on {dev.type}, {args.rows} rows of {args.max_len // 8}-{args.max_len} tokens "
-          f"({sum(len(r['input_ids']) for r in rows)} real), forward + backward, median of {args.repeat}")
+          f"({total} real), forward + backward, median of {args.repeat}")
     base = None
     for name, batch in layouts.items():
-        total = step(batch)  # warm-up
+        lp_sum = step(batch)  # warm-up
         ms = statistics.median(timed(lambda: step(batch), dev)[0] * 1000 for _ in range(args.repeat))
         base = base or ms
         shape = "x".join(map(str, batch["input_ids"].shape))
         print(f"  {name:<13} {ms:9.1f} ms  {shape:>9} positions  {base / ms:5.2f}x padded's speed  "
-              f"sum log-prob {total:.4f}")
+              f"sum log-prob {lp_sum:.4f}")
     return 0
 
 
