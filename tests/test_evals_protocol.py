@@ -101,6 +101,22 @@ def test_cache_dedupe_and_failures_not_cached(tmp_path):
     assert len(j3.calls) == 1
 
 
+def test_verdicts_judged_before_an_error_are_stored(tmp_path):
+    """Commits are batched; a judge that breaks mid-way still leaves its finished verdicts stored."""
+    def rule(it):
+        if it.prompt == "boom":
+            raise RuntimeError("judge broke")
+        return "B"
+
+    items = [JudgeItem(f"p{i}", "a", "b") for i in range(5)] + [JudgeItem("boom", "a", "b")]
+    with pytest.raises(RuntimeError, match="judge broke"):
+        RuleJudge(rule, VerdictCache(tmp_path / "v.sqlite")).judge(items)  # judged in reverse: boom first
+    with pytest.raises(RuntimeError, match="judge broke"):
+        RuleJudge(rule, VerdictCache(tmp_path / "v.sqlite")).judge(items[::-1])  # now boom comes last
+    again = RuleJudge(rule, VerdictCache(tmp_path / "v.sqlite"))
+    assert [v.outcome for v in again.judge(items[:5])] == ["B"] * 5 and again.calls == []
+
+
 def test_item_key_covers_order_reference_and_identity():
     it = JudgeItem("p", "a", "b", "ref")
     k = item_key({"name": "x"}, it)
