@@ -425,21 +425,23 @@ class Pipeline:
 
         def encoded(suite: str, who: str) -> list[dict]:
             ans = answers[suite]
-            with grouped_warnings():
-                return [encode_example(tok, it["prompt"], a, max_len, cfg.data.max_prompt_tokens)
-                        for it, a in zip(ans["items"], ans[who])]
+            return [encode_example(tok, it["prompt"], a, max_len, cfg.data.max_prompt_tokens)
+                    for it, a in zip(ans["items"], ans[who])]
 
         def nll(scores: dict) -> float:
             return float(-scores["sum"].sum() / max(1, int(scores["count"].sum())))
 
         suites = list(answers)
+        jobs = [(name, s) for name in models for s in suites]
+        with grouped_warnings():  # each answer encoded once, its truncation warnings in one line
+            teacher_answers = [encoded(s, "teacher") for s in suites]
+            student_answers = [encoded(s, name) for name, s in jobs]
         out: dict = {}
         for name, path in models.items():
-            got = self._scored(path, [encoded(s, "teacher") for s in suites], f"{name} on teacher answers")
+            got = self._scored(path, teacher_answers, f"{name} on teacher answers")
             for suite, scores in zip(suites, got):
                 out.setdefault((name, suite), {})["student_nll"] = nll(scores)
-        jobs = [(name, s) for name in models for s in suites]
-        got = self._scored(self.teacher_path, [encoded(s, name) for name, s in jobs], "teacher on student answers")
+        got = self._scored(self.teacher_path, student_answers, "teacher on student answers")
         for key, scores in zip(jobs, got):
             out[key]["teacher_nll"] = nll(scores)
         return out

@@ -211,7 +211,8 @@ def run(cfg, out: Path, cache: Cache) -> int:
     seconds, facts = keep_earlier(with_journal(earlier_provenance(prov_path, cfg), pipe.earlier), pipe.timings, facts)
     provenance = public_paths(scrub_secrets({
         "command": [relative(sys.argv[0])] + sys.argv[1:], "started_utc": started,
-        "wall_seconds": round(time.time() - t0, 1), "git_sha": sha, "versions": versions(),
+        "wall_seconds": round(time.time() - t0, 1), "seconds_outside_stages": pipe.stages.outside(),
+        "git_sha": sha, "versions": versions(),
         "device": device_facts(cfg), "seed": cfg.seed, "seeds": list(cfg.seeds) or [cfg.seed],
         "config_hash": cfg.fingerprint(), "config": cfg.to_dict(),
         "stage_seconds": pipe.timings, "stage_seconds_last_ran": seconds, "facts": facts,
@@ -240,7 +241,7 @@ def run(cfg, out: Path, cache: Cache) -> int:
     written += draw_all(out, stem)
     written.append(build_report(out, stem, run_dir))
     print_table(rows, pipe.shape_run)
-    print(f"done in {time.time() - t0:.0f}s; wrote ({len(rows)} result rows):")
+    print(f"done in {time.time() - t0:.0f}s ({sum(pipe.timings.values()):.0f}s in stages); wrote ({len(rows)} result rows):")
     for path in written + [run_dir / "records.jsonl", run_dir / "answers"]:
         print(f"  {path}")
     return 0

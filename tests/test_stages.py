@@ -27,3 +27,27 @@ def test_warnings_of_a_stage_and_outside_one_come_once_per_kind():
     st = stages.stats["generate:teacher/train"]
     assert st["tokens"] == 40 and st["seconds"] >= 0 and stages.timings["generate:teacher/train"] == st["seconds"]
     assert changes == [{}, {"generate:teacher/train": st}]  # journaled as the stage starts and as it ends
+
+
+def test_time_outside_stages_is_kept_by_the_stage_that_followed(monkeypatch):
+    import re
+    import time
+
+    import dadpo.stages
+
+    monkeypatch.setattr(dadpo.stages, "GAP_LOG_S", 0.05)
+    lines = []
+    stages = Stages("t1/x", log=lines.append)
+    time.sleep(0.1)  # e.g. loading and encoding before the first stage
+    with stages("data"):
+        pass
+    with stages("train:sft"):  # straight after: no line for the gap
+        time.sleep(0.06)
+    time.sleep(0.08)
+    out = stages.outside()
+    assert set(out) == {"before data", "before train:sft", "after the last stage"}
+    assert out["before data"] >= 0.1 and out["before train:sft"] < 0.05 and out["after the last stage"] >= 0.08
+    assert stages.timings["train:sft"] >= 0.06  # the gaps are not counted in the stages
+    gap_lines = [ln for ln in lines if "outside stages" in ln]
+    assert len(gap_lines) == 1 and re.fullmatch(r"\[t1/x\] \d+\.\ds outside stages before data", gap_lines[0])
+    assert re.fullmatch(r"\[t1/x 2/2\] train:sft done in \d+\.\ds, peak [\d.]+ GB, at \d+s", lines[-1])
