@@ -19,8 +19,16 @@ from nltk.stem.porter import PorterStemmer  # the stemmer rouge-score uses
 class _MemoStemmer:
     """rouge-score's Porter stemmer with a cache: answers repeat their words."""
 
-    def __init__(self):
-        self.stem = functools.lru_cache(maxsize=1 << 16)(PorterStemmer().stem)
+    stem = staticmethod(functools.lru_cache(maxsize=1 << 16)(PorterStemmer().stem))
+
+
+_STEMMER = _MemoStemmer()
+
+
+@functools.lru_cache(maxsize=1 << 13)
+def _reference_tokens(text: str) -> list[str]:
+    """Tokens of a reference answer: every model of a run is scored against the same references."""
+    return tokenize.tokenize(text, _STEMMER)
 
 
 def _f_measure(lcs: int, n_ref: int, n_ans: int) -> float:
@@ -37,11 +45,10 @@ def rouge_l(answers: Sequence[str], references: Sequence[str | None]) -> dict:
     skipped, not scored 0. Returns {"rouge_l_f": mean (NaN if no item has a reference), "n": items scored}."""
     if len(answers) != len(references):
         raise ValueError(f"{len(answers)} answers but {len(references)} references")
-    stemmer = _MemoStemmer()
     scores = []
     for ans, ref in zip(answers, references):
         if ref is None or not ref.strip():
             continue
-        a, r = tokenize.tokenize(ans, stemmer), tokenize.tokenize(ref, stemmer)
+        a, r = tokenize.tokenize(ans, _STEMMER), _reference_tokens(ref)
         scores.append(_f_measure(LCSseq.similarity(r, a), len(r), len(a)) if a and r else 0.0)
     return {"rouge_l_f": sum(scores) / len(scores) if scores else math.nan, "n": len(scores)}
