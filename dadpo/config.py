@@ -26,7 +26,7 @@ PRUNE_METHODS = ("layers", "width", "layers+width")
 ROWS = ("student", "sft", "kd", "ddpo", "dadpo")  # rows of the paper's tables (student = untrained)
 SUITES = ("in_domain", "mt_bench", "vicuna80", "alpaca_eval", "arena_hard")
 JUDGES = ("reference", "local", "pairrm", "api")
-SCALES = ("smoke", "default", "gpu", "paper", "custom")
+SCALES = ("smoke", "default", "large", "gpu", "paper", "custom")
 DTYPES = Literal["auto", "bfloat16", "float32"]
 
 

@@ -70,7 +70,7 @@ def test_non_finite_numbers_are_errors(key, value):
     ("objective.kd_tail_samples=-1", "objective.kd_tail_samples: must be >= 0, got -1"),
     ("seeds=[0,1,0]", "seeds: 0 is listed twice"),
     ("seeds=[1,x]", "seeds[1]: must be an integer, got 'x'"),
-    ("scale=huge", "scale: must be 'smoke', 'default', 'gpu', 'paper' or 'custom'"),
+    ("scale=huge", "scale: must be 'smoke', 'default', 'large', 'gpu', 'paper' or 'custom'"),
     ("nope=1", "nope: unknown key (known: beta2_sweep, data, eval, extensions, generation, methods, models,"),
 ])
 def test_out_of_range_wrong_type_and_unknown_values(override, expect):
