@@ -46,7 +46,8 @@ HEADER_COLUMNS = {"setting", "scale", "teacher", "student", "suite", "judge", "j
 COMPOSITE_COLUMNS = {"method", "extension", "beta2", "n", "wins", "ties", "losses", "failed",
                      "paper_metric", "paper_value", "paper_setting"}
 PROVENANCE_FIRST = ["git_sha", "note_added_after_run", "started_utc", "wall_seconds", "seconds_outside_stages",
-                    "command", "device", "versions", "seed", "config_hash", "judges", "models", "stage_seconds", "reconstructed"]
+                    "command", "device", "versions", "seed", "config_hash", "judges", "models", "stage_seconds",
+                    "reconstructed"]
 
 
 class ReportError(ValueError):

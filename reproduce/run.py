@@ -241,7 +241,8 @@ def run(cfg, out: Path, cache: Cache) -> int:
     written += draw_all(out, stem)
     written.append(build_report(out, stem, run_dir))
     print_table(rows, pipe.shape_run)
-    print(f"done in {time.time() - t0:.0f}s ({sum(pipe.timings.values()):.0f}s in stages); wrote ({len(rows)} result rows):")
+    in_stages = sum(pipe.timings.values())
+    print(f"done in {time.time() - t0:.0f}s ({in_stages:.0f}s in stages); wrote ({len(rows)} result rows):")
     for path in written + [run_dir / "records.jsonl", run_dir / "answers"]:
         print(f"  {path}")
     return 0

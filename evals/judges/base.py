@@ -230,7 +230,7 @@ class Judge:
                     raise RuntimeError(f"{self.name}: judge returned a bad or duplicate result for item {j}")
                 seen.add(j)
                 if self.cache is not None:
-                    self.cache.put(uniq[j], ident, verdict)  # as results arrive: a crash keeps finished work
+                    self.cache.put(uniq[j], ident, verdict)  # as results arrive, committed once a second
                 for i in todo[uniq[j]]:
                     out[i] = verdict
                 self.stats["failed" if verdict.failed else "judged"] += 1
