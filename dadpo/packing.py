@@ -28,9 +28,9 @@ LAYOUT = "bins-first-fit"
 
 def pack_rows(rows: list[dict], pad_id: int = 0, width: int | None = None) -> dict:
     """Rows {"input_ids", "response_mask"} packed into bins of `width` positions, by default the longest
-    row's length (first fit, longest first): input_ids, response_mask, position_ids and `row` (each position's row index, -1 on
-    padding), all [bins, width]; no attention_mask. A row's tokens are contiguous and in order within
-    its bin; dadpo.scoring puts the scored tokens back in row order."""
+    row's length (first fit, longest first): input_ids, response_mask, position_ids and `row` (each
+    position's row index, -1 on padding), all [bins, width]; no attention_mask. A row's tokens are
+    contiguous and in order within its bin; dadpo.scoring puts the scored tokens back in row order."""
     for i, r in enumerate(rows):
         if len(r["response_mask"]) != len(r["input_ids"]):
             raise ValueError(f"pack_rows: row {i} has {len(r['input_ids'])} token ids but "

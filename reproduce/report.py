@@ -32,7 +32,6 @@ from pathlib import Path
 
 from dadpo import data
 from dadpo.cache import atomic_path
-from dadpo.data import DataError
 from evals.metrics import word_count
 from reproduce.figures import ROOT, _method_order, draw_all, pair_label, result_stems
 from reproduce.report_page import CSS, JS
@@ -68,7 +67,7 @@ def script_json(obj) -> str:
 def read_jsonl(path: Path) -> list[dict]:
     try:
         return [row for _, row in data.read_jsonl(path)]
-    except DataError as e:
+    except data.DataError as e:
         raise ReportError(str(e)) from None
 
 

@@ -4,9 +4,9 @@ One micro-batch of N rows (lengths uniform in [L/8, L], seeded random token ids,
 of each row scored), forward + backward of the suite's response scorer (dadpo.scoring), in three
 layouts: right-padded rows; every row in one sequence (dadpo.packing with one bin as wide as all
 rows: the packing of an earlier version, where sdpa computes a block-diagonal mask over the whole
-[sum of lengths]^2); and dadpo.packing's bins of the
-longest row's length. Prints ms per step (median of --repeat after a warm-up), positions computed
-and the ratio to padded, and checks that the three give the same summed log-prob. Default: real
+[sum of lengths]^2); and dadpo.packing's bins of the longest row's length. Prints ms per step
+(median of --repeat after a warm-up), positions computed and the ratio to padded, and checks that the
+three give the same summed log-prob. Default: real
 SmolLM2-135M-Instruct in fp32 on CPU, 16 rows of <= 256 tokens (the default-scale Table-1
 micro-batch: 8 pairs); on a GPU, bf16.
 """
