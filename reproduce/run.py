@@ -150,7 +150,7 @@ def expected_stages(cfg, names: dict[str, Trained]) -> int:
     scores = {(kind, None if kind == "topk" else t.seed) for t in trained for kind in METHODS[t.method].scores}
     pairs = any("rejected" in METHODS[t.method].answers for t in trained)
     return (2 + cfg.models.prune.enabled + 1 + len(seeds) * (1 + pairs) + len(scores)
-            + len([t for t in trained if t.method != "sft" or t.sweep]) + 2 * (len(names) + 1) + len(cfg.eval.judges))
+            + len([t for t in trained if t.method != "sft" or t.sweep]) + 2 * (len(names) + 1) + len(cfg.eval.judges) + 1)
 
 
 def quiet_libraries() -> None:
@@ -189,23 +189,26 @@ def run(cfg, out: Path, cache: Cache) -> int:
         with pipe.stage(f"judge:{judge.name}"):
             runs += judge_all([judge], answers, list(models), "teacher", cfg.eval.bootstrap, cfg.eval.bootstrap_seed)
         judge.close()
-    records = [r for run in runs for r in run.records]
-    measures = {name: answer_measures(answers, name, pipe.eval_lengths.get(name), cfg.eval.max_new_tokens, nll)
-                for name in ["teacher", *models]}
-    lc = lc_columns(records, cfg.eval.bootstrap, cfg.eval.bootstrap_seed)
-    rows = result_rows(cfg, [r for run in runs for r in run.rows], names, measures, lc)
-    rows += seed_rows(rows, records, names, cfg.eval.bootstrap, cfg.eval.bootstrap_seed)
-    stem = f"{cfg.setting}_{cfg.scale}" + ("_random" if pipe.shape_run else "")
-    run_dir = out / "runs" / stem
-    # every output is computed before the first is written: a failure here leaves an earlier run's files as they were
-    answer_files = {run_dir / "answers" / suite / f"{who}.jsonl":
-                    [{"id": it["id"], "prompt": it["prompt"], "answer": a, "reference": it["reference"],
-                      "suite": suite} for it, a in zip(ans["items"], ans[who])]
-                    for suite, ans in answers.items() for who in ans if who != "items"}  # evals.run's format
-    extras = [(out / f"{stem}_{kind}.csv", extra, columns) for kind, extra, columns in (
-        ("differences", difference_rows(records, names, cfg.eval.bootstrap, cfg.eval.bootstrap_seed),
-         DIFFERENCE_COLUMNS), ("agreement", agreement_rows(records), AGREEMENT_COLUMNS)) if extra]
-    training = training_rows(pipe.training_logs)
+    # intervals, tables and the files' contents: on a GPU-scale run (~10,000 comparisons x bootstraps) this is
+    # a stage of its own, so the clock covers it
+    with pipe.stage("summary"):
+        records = [r for run in runs for r in run.records]
+        measures = {name: answer_measures(answers, name, pipe.eval_lengths.get(name), cfg.eval.max_new_tokens, nll)
+                    for name in ["teacher", *models]}
+        lc = lc_columns(records, cfg.eval.bootstrap, cfg.eval.bootstrap_seed)
+        rows = result_rows(cfg, [r for run in runs for r in run.rows], names, measures, lc)
+        rows += seed_rows(rows, records, names, cfg.eval.bootstrap, cfg.eval.bootstrap_seed)
+        stem = f"{cfg.setting}_{cfg.scale}" + ("_random" if pipe.shape_run else "")
+        run_dir = out / "runs" / stem
+        # every output is computed before the first is written: a failure here leaves earlier files as they were
+        answer_files = {run_dir / "answers" / suite / f"{who}.jsonl":
+                        [{"id": it["id"], "prompt": it["prompt"], "answer": a, "reference": it["reference"],
+                          "suite": suite} for it, a in zip(ans["items"], ans[who])]
+                        for suite, ans in answers.items() for who in ans if who != "items"}  # evals.run's format
+        extras = [(out / f"{stem}_{kind}.csv", extra, columns) for kind, extra, columns in (
+            ("differences", difference_rows(records, names, cfg.eval.bootstrap, cfg.eval.bootstrap_seed),
+             DIFFERENCE_COLUMNS), ("agreement", agreement_rows(records), AGREEMENT_COLUMNS)) if extra]
+        training = training_rows(pipe.training_logs)
     prov_path = out / f"{stem}.provenance.json"
     facts = {**pipe.run_facts(), "judges": {run.judge: run.facts for run in runs}}
     seconds, facts = keep_earlier(with_journal(earlier_provenance(prov_path, cfg), pipe.earlier), pipe.timings, facts)
@@ -242,7 +245,9 @@ def run(cfg, out: Path, cache: Cache) -> int:
     written.append(build_report(out, stem, run_dir))
     print_table(rows, pipe.shape_run)
     in_stages = sum(pipe.timings.values())
-    print(f"done in {time.time() - t0:.0f}s ({in_stages:.0f}s in stages); wrote ({len(rows)} result rows):")
+    writing = time.perf_counter() - pipe.stages.last_end
+    print(f"done in {time.time() - t0:.0f}s ({in_stages:.0f}s in stages, {writing:.0f}s writing after them); "
+          f"wrote ({len(rows)} result rows):")
     for path in written + [run_dir / "records.jsonl", run_dir / "answers"]:
         print(f"  {path}")
     return 0
