@@ -108,34 +108,54 @@ def prompt_text(tokenizer, prompt: str) -> str:
                                          add_generation_prompt=True)
 
 
-def encode_prompt(tokenizer, prompt: str, max_prompt_tokens: int) -> list[int]:
-    """Prompt ids; over-long prompts keep their last tokens (the template's assistant header)."""
-    ids = tokenizer(prompt_text(tokenizer, prompt), add_special_tokens=False).input_ids
+def _keep_end(ids: list[int], max_prompt_tokens: int) -> list[int]:
     if len(ids) > max_prompt_tokens:
-        warnings.warn(f"prompt of {len(ids)} tokens truncated to {max_prompt_tokens} (kept the end)",
-                      stacklevel=2)
+        warnings.warn(f"prompt of {len(ids)} tokens truncated to {max_prompt_tokens} (kept the end)", stacklevel=3)
         ids = ids[-max_prompt_tokens:]
     return ids
 
 
-def encode_example(tokenizer, prompt: str, response: str, max_len: int, max_prompt_tokens: int) -> dict:
-    """Token ids of prompt + response + end-of-turn, with the response mask.
+def encode_prompt(tokenizer, prompt: str, max_prompt_tokens: int) -> list[int]:
+    """Prompt ids; over-long prompts keep their last tokens (the template's assistant header)."""
+    return _keep_end(tokenizer(prompt_text(tokenizer, prompt), add_special_tokens=False).input_ids, max_prompt_tokens)
 
-    The response part is what the template adds after the generation prompt for an assistant
-    turn holding `response` (so it ends with the template's end-of-turn marker, which the model
-    must learn to emit). Sequences longer than max_len lose the end of the response.
-    """
+
+def _response_text(tokenizer, prompt: str, response: str) -> str:
+    """What the template adds after the generation prompt for an assistant turn holding `response`."""
     prefix = prompt_text(tokenizer, prompt)
     full = tokenizer.apply_chat_template(
         [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], tokenize=False)
     if not full.startswith(prefix):  # templates that rewrite earlier turns: fall back to eos marking
-        suffix = response + (tokenizer.eos_token or "")
-    else:
-        suffix = full[len(prefix):]
-    p_ids = encode_prompt(tokenizer, prompt, max_prompt_tokens)
-    r_ids = tokenizer(suffix, add_special_tokens=False).input_ids
-    r_ids = r_ids[: max(1, max_len - len(p_ids))]
-    return {"input_ids": p_ids + r_ids, "response_mask": [0] * len(p_ids) + [1] * len(r_ids)}
+        return response + (tokenizer.eos_token or "")
+    return full[len(prefix):]
+
+
+def encode_examples(tokenizer, prompts: list[str], responses: list[str], max_len: int,
+                    max_prompt_tokens: int) -> list[dict]:
+    """Token ids of each prompt + response + end-of-turn, with the response mask.
+
+    The response part is what the template adds after the generation prompt for an assistant
+    turn holding the response (so it ends with the template's end-of-turn marker, which the model
+    must learn to emit). Sequences longer than max_len lose the end of the response. Texts are
+    tokenized in batches (the fast tokenizer's threads) and each distinct prompt once."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    distinct = list(dict.fromkeys(prompts))
+    p_ids = dict(zip(distinct, tokenizer([prompt_text(tokenizer, p) for p in distinct],
+                                         add_special_tokens=False).input_ids)) if distinct else {}
+    suffixes = [_response_text(tokenizer, p, r) for p, r in zip(prompts, responses)]
+    r_all = tokenizer(suffixes, add_special_tokens=False).input_ids if suffixes else []
+    out = []
+    for p, r_ids in zip(prompts, r_all):
+        ids = _keep_end(p_ids[p], max_prompt_tokens)
+        r_ids = r_ids[: max(1, max_len - len(ids))]
+        out.append({"input_ids": ids + r_ids, "response_mask": [0] * len(ids) + [1] * len(r_ids)})
+    return out
+
+
+def encode_example(tokenizer, prompt: str, response: str, max_len: int, max_prompt_tokens: int) -> dict:
+    """One example of encode_examples."""
+    return encode_examples(tokenizer, [prompt], [response], max_len, max_prompt_tokens)[0]
 
 
 def pad_batch(rows: list[dict], pad_id: int, keys=("input_ids", "response_mask"), left: bool = False) -> dict:

@@ -5,17 +5,18 @@ teacher or reference model in memory.
 """
 from __future__ import annotations
 
-from dadpo.chat import encode_example
+from dadpo.chat import encode_examples
 
 
 def encode_rows(tokenizer, rows: list[dict], max_len: int, max_prompt_tokens: int) -> list[dict]:
     """rows: {"id", "prompt", "chosen"[, "rejected"]} -> examples with encoded answers."""
-    out = []
-    for r in rows:
-        ex = {"id": r["id"], "chosen": encode_example(tokenizer, r["prompt"], r["chosen"], max_len, max_prompt_tokens)}
+    paired = [r for r in rows if r.get("rejected") is not None]
+    enc = iter(encode_examples(tokenizer, [r["prompt"] for r in rows + paired],
+                               [r["chosen"] for r in rows] + [r["rejected"] for r in paired], max_len, max_prompt_tokens))
+    out = [{"id": r["id"], "chosen": next(enc)} for r in rows]
+    for ex, r in zip(out, rows):
         if r.get("rejected") is not None:
-            ex["rejected"] = encode_example(tokenizer, r["prompt"], r["rejected"], max_len, max_prompt_tokens)
-        out.append(ex)
+            ex["rejected"] = next(enc)
     return out
 
 

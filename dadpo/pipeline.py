@@ -25,7 +25,7 @@ import torch
 
 from baselines.head import pick_implementation
 from dadpo.cache import Cache, load_tensors, read_json, save_tensors, stable_hash, write_json
-from dadpo.chat import CHAT_TEMPLATES, check_tokenizers, encode_example
+from dadpo.chat import CHAT_TEMPLATES, check_tokenizers, encode_examples
 from dadpo.config import ExperimentConfig
 from dadpo.examples import answers_of, attach_sequence_scores, attach_teacher_topk, encode_rows
 from dadpo.generation import Sampling, answer_lengths, cache_file, cached_answers, generate, resolve_backend
@@ -422,20 +422,19 @@ class Pipeline:
         per-token NLL of the model's answers."""
         tok, cfg = self.tokenizer, self.cfg
         max_len = cfg.data.max_prompt_tokens + cfg.eval.max_new_tokens + 8
-
-        def encoded(suite: str, who: str) -> list[dict]:
-            ans = answers[suite]
-            return [encode_example(tok, it["prompt"], a, max_len, cfg.data.max_prompt_tokens)
-                    for it, a in zip(ans["items"], ans[who])]
+        suites = list(answers)
+        jobs = [(name, s) for name in models for s in suites]
+        groups = [(s, "teacher") for s in suites] + [(s, name) for name, s in jobs]
+        with grouped_warnings():  # every answer encoded in one batch, its truncation warnings in one line
+            flat = iter(encode_examples(tok, [it["prompt"] for s, _ in groups for it in answers[s]["items"]],
+                                        [a for s, who in groups for a in answers[s][who]], max_len,
+                                        cfg.data.max_prompt_tokens))
+            encoded = [[next(flat) for _ in answers[s][who]] for s, who in groups]
+        teacher_answers, student_answers = encoded[:len(suites)], encoded[len(suites):]
 
         def nll(scores: dict) -> float:
             return float(-scores["sum"].sum() / max(1, int(scores["count"].sum())))
 
-        suites = list(answers)
-        jobs = [(name, s) for name in models for s in suites]
-        with grouped_warnings():  # each answer encoded once, its truncation warnings in one line
-            teacher_answers = [encoded(s, "teacher") for s in suites]
-            student_answers = [encoded(s, name) for name, s in jobs]
         out: dict = {}
         for name, path in models.items():
             got = self._scored(path, teacher_answers, f"{name} on teacher answers")

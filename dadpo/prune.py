@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dadpo.chat import encode_example, encode_prompt, pad_batch, prompt_text
+from dadpo.chat import encode_examples, encode_prompt, pad_batch, prompt_text
 from dadpo.config import PRUNE_METHODS as METHODS, PruneConfig
 
 DEFAULT_METHOD = PruneConfig().method  # one default, the config's (docs/method.md: pruning)
@@ -445,7 +445,7 @@ def response_nll(model, tokenizer, prompts: Sequence[str], responses: Sequence[s
     if len(prompts) != len(responses) or not prompts:
         raise ValueError("need as many responses as prompts, at least one")
     # the prompt keeps its last max_len / 2 tokens (the assistant header), the answer the rest
-    rows = [encode_example(tokenizer, p, r, max_len, max_len // 2) for p, r in zip(prompts, responses)]
+    rows = encode_examples(tokenizer, list(prompts), list(responses), max_len, max_len // 2)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))  # less padding
     dev = next(model.parameters()).device
     head = model.get_output_embeddings()

@@ -4,7 +4,8 @@ import torch
 
 from dadpo.cache import Cache
 
-from dadpo.chat import TokenizerMismatch, check_tokenizers, encode_example, encode_prompt, end_of_turn_ids, prompt_text
+from dadpo.chat import (TokenizerMismatch, check_tokenizers, encode_example, encode_examples, encode_prompt,
+                        end_of_turn_ids, prompt_text)
 from dadpo.generation import Sampling, _prompt_key, cache_file, generate
 from dadpo.testing import tiny_tokenizer
 
@@ -28,6 +29,23 @@ def test_encode_example_masks_prompt_and_ends_with_end_of_turn(tok):
 def test_encode_example_truncates_to_max_len(tok):
     ex = encode_example(tok, "Hi", "word " * 200, max_len=40, max_prompt_tokens=256)
     assert len(ex["input_ids"]) == 40 and sum(ex["response_mask"]) > 0
+
+
+def test_encode_examples_batch_equals_one_at_a_time(tok):
+    """The batched encoder (prompts shared, texts tokenized together) gives each example's own encoding,
+    and warns once per truncated example as encoding them one by one does."""
+    prompts = ["Hi", "long prompt " * 40, "Hi", "", "long prompt " * 40]
+    responses = ["Hello!", "word " * 30, "Other answer", "x", ""]
+    with pytest.warns(UserWarning) as one_by_one:
+        expected = [encode_example(tok, p, r, max_len=48, max_prompt_tokens=24) for p, r in zip(prompts, responses)]
+    with pytest.warns(UserWarning) as batched:
+        got = encode_examples(tok, prompts, responses, max_len=48, max_prompt_tokens=24)
+    assert got == expected
+    assert len(batched) == len(one_by_one) == 2
+    assert got[0]["input_ids"][:sum(1 for m in got[0]["response_mask"] if m == 0)] == encode_prompt(tok, "Hi", 24)
+    assert encode_examples(tok, [], [], 48, 24) == []
+    with pytest.raises(ValueError, match="2 prompts but 1 responses"):
+        encode_examples(tok, ["a", "b"], ["c"], 48, 24)
 
 
 def test_long_prompt_truncated_with_warning(tok):
