@@ -140,11 +140,13 @@ def encode_examples(tokenizer, prompts: list[str], responses: list[str], max_len
     tokenized in batches (the fast tokenizer's threads) and each distinct prompt once."""
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    if not prompts:
+        return []
     distinct = list(dict.fromkeys(prompts))
     p_ids = dict(zip(distinct, tokenizer([prompt_text(tokenizer, p) for p in distinct],
-                                         add_special_tokens=False).input_ids)) if distinct else {}
+                                         add_special_tokens=False).input_ids))
     suffixes = [_response_text(tokenizer, p, r) for p, r in zip(prompts, responses)]
-    r_all = tokenizer(suffixes, add_special_tokens=False).input_ids if suffixes else []
+    r_all = tokenizer(suffixes, add_special_tokens=False).input_ids
     out = []
     for p, r_ids in zip(prompts, r_all):
         ids = _keep_end(p_ids[p], max_prompt_tokens)

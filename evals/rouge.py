@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+from types import SimpleNamespace
 from typing import Sequence
 
 from rapidfuzz.distance import LCSseq
@@ -16,13 +17,8 @@ from rouge_score import tokenize
 from nltk.stem.porter import PorterStemmer  # the stemmer rouge-score uses
 
 
-class _MemoStemmer:
-    """rouge-score's Porter stemmer with a cache: answers repeat their words."""
-
-    stem = staticmethod(functools.lru_cache(maxsize=1 << 16)(PorterStemmer().stem))
-
-
-_STEMMER = _MemoStemmer()
+# rouge-score's Porter stemmer with a cache (answers repeat their words); tokenize only calls .stem
+_STEMMER = SimpleNamespace(stem=functools.lru_cache(maxsize=1 << 16)(PorterStemmer().stem))
 
 
 @functools.lru_cache(maxsize=1 << 13)

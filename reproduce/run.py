@@ -150,7 +150,8 @@ def expected_stages(cfg, names: dict[str, Trained]) -> int:
     scores = {(kind, None if kind == "topk" else t.seed) for t in trained for kind in METHODS[t.method].scores}
     pairs = any("rejected" in METHODS[t.method].answers for t in trained)
     return (2 + cfg.models.prune.enabled + 1 + len(seeds) * (1 + pairs) + len(scores)
-            + len([t for t in trained if t.method != "sft" or t.sweep]) + 2 * (len(names) + 1) + len(cfg.eval.judges) + 1)
+            + len([t for t in trained if t.method != "sft" or t.sweep]) + 2 * (len(names) + 1) + len(cfg.eval.judges)
+            + 1)  # the summary
 
 
 def quiet_libraries() -> None:
@@ -245,7 +246,7 @@ def run(cfg, out: Path, cache: Cache) -> int:
     written.append(build_report(out, stem, run_dir))
     print_table(rows, pipe.shape_run)
     in_stages = sum(pipe.timings.values())
-    writing = time.perf_counter() - pipe.stages.last_end
+    writing = pipe.stages.outside()["after the last stage"]
     print(f"done in {time.time() - t0:.0f}s ({in_stages:.0f}s in stages, {writing:.0f}s writing after them); "
           f"wrote ({len(rows)} result rows):")
     for path in written + [run_dir / "records.jsonl", run_dir / "answers"]:

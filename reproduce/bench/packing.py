@@ -6,9 +6,8 @@ layouts: right-padded rows; every row in one sequence (dadpo.packing with one bi
 rows: the packing of an earlier version, where sdpa computes a block-diagonal mask over the whole
 [sum of lengths]^2); and dadpo.packing's bins of the longest row's length. Prints ms per step
 (median of --repeat after a warm-up), positions computed and the ratio to padded, and checks that the
-three give the same summed log-prob. Default: real
-SmolLM2-135M-Instruct in fp32 on CPU, 16 rows of <= 256 tokens (the default-scale Table-1
-micro-batch: 8 pairs); on a GPU, bf16.
+three give the same summed log-prob. Default: real SmolLM2-135M-Instruct in fp32 on CPU, 16 rows of
+<= 256 tokens (the default-scale Table-1 micro-batch: 8 pairs); on a GPU, bf16.
 """
 from __future__ import annotations
 
